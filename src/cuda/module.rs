@@ -1,0 +1,60 @@
+//! Loading the embedded PTX modules, once per device, and looking up kernels by name.
+
+use crate::cuda::ptx;
+use crate::error::{Error, Result};
+use crate::tensor::CudaDevice;
+use cudarc::driver::CudaFunction;
+use cudarc::nvrtc::Ptx;
+
+/// One compiled `kernels/<name>.cu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Module {
+    Accumulate,
+    RoiAlign,
+}
+
+impl Module {
+    fn name(self) -> &'static str {
+        match self {
+            Module::Accumulate => "accumulate",
+            Module::RoiAlign => "roi_align",
+        }
+    }
+
+    fn ptx(self) -> &'static str {
+        match self {
+            Module::Accumulate => ptx::ACCUMULATE,
+            Module::RoiAlign => ptx::ROI_ALIGN,
+        }
+    }
+}
+
+/// The kernel `name` of `module` on `dev`; the module is JIT-loaded on first use and cached on the device.
+pub(crate) fn function(dev: &CudaDevice, module: Module, name: &str) -> Result<CudaFunction> {
+    let loaded = {
+        let mut cache = dev
+            .modules()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match cache.get(module.name()) {
+            Some(m) => m.clone(),
+            None => {
+                if module.ptx().is_empty() {
+                    return Err(Error::CudaUnavailable(format!(
+                        "module `{}` has no PTX: detkd was built with DETKD_ALLOW_NO_NVCC=1",
+                        module.name()
+                    )));
+                }
+                let m = dev
+                    .context()
+                    .load_module(Ptx::from_src(module.ptx()))
+                    .map_err(Error::cuda(format!("loading module `{}`", module.name())))?;
+                cache.insert(module.name(), m.clone());
+                m
+            }
+        }
+    };
+    loaded
+        .load_function(name)
+        .map_err(Error::cuda(format!("looking up kernel `{name}`")))
+}

@@ -1,0 +1,91 @@
+//! The crate's single error type. Every message names the argument, what was expected and what was given,
+//! so a caller can fix the call without reading the source.
+
+use std::path::PathBuf;
+
+/// Result alias used across detkd.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in detkd. Bad input is always one of these, never a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor has the wrong rank or extent.
+    #[error("`{arg}`: expected shape {expected}, got {got:?}")]
+    Shape {
+        arg: String,
+        expected: String,
+        got: Vec<usize>,
+    },
+
+    /// A tensor has a dtype the operation does not accept.
+    #[error("`{arg}`: expected dtype {expected}, got {got}")]
+    DType {
+        arg: String,
+        expected: String,
+        got: String,
+    },
+
+    /// Inputs live on different devices, or on a device the operation does not support.
+    #[error("`{arg}`: expected a tensor on {expected}, got one on {got}")]
+    Device {
+        arg: String,
+        expected: String,
+        got: String,
+    },
+
+    /// A value is outside its valid range (a batch index, a non-finite coordinate, a zero size...).
+    #[error("`{arg}`: {reason}")]
+    InvalidArgument { arg: String, reason: String },
+
+    /// The CUDA path cannot be used here (no driver, no device, or the crate was built without `cuda`).
+    #[error("CUDA is unavailable: {0}")]
+    CudaUnavailable(String),
+
+    /// The CUDA driver reported an error while running an operation.
+    #[error("CUDA error in {context}: {message}")]
+    Cuda { context: String, message: String },
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// A safetensors file is malformed, truncated, or holds something detkd cannot represent.
+    #[error("safetensors {what}: {reason}")]
+    Safetensors { what: String, reason: String },
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(arg: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            arg: arg.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Shape`].
+    pub fn shape(arg: impl Into<String>, expected: impl Into<String>, got: &[usize]) -> Self {
+        Error::Shape {
+            arg: arg.into(),
+            expected: expected.into(),
+            got: got.to_vec(),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Error {
+    /// Wraps a driver/cuBLAS error with what detkd was doing when it happened.
+    pub(crate) fn cuda(
+        context: impl Into<String>,
+    ) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+        let context = context.into();
+        move |e| Error::Cuda {
+            context,
+            message: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Typed element buffers on the host and, with the `cuda` feature, on a CUDA device.
+
+use super::dtype::{DType, Element};
+use half::{bf16, f16};
+
+/// Host storage, one variant per dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CpuStorage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+/// Applies the same generic expression to whichever typed vector a [`CpuStorage`] holds.
+macro_rules! with_cpu_storage {
+    ($storage:expr, $v:ident => $body:expr) => {
+        match $storage {
+            CpuStorage::F32($v) => $body,
+            CpuStorage::F64($v) => $body,
+            CpuStorage::F16($v) => $body,
+            CpuStorage::BF16($v) => $body,
+        }
+    };
+}
+pub(crate) use with_cpu_storage;
+
+impl CpuStorage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        with_cpu_storage!(self, v => v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn zeros(dtype: DType, len: usize) -> Self {
+        match dtype {
+            DType::F32 => CpuStorage::F32(vec![0.0; len]),
+            DType::F64 => CpuStorage::F64(vec![0.0; len]),
+            DType::F16 => CpuStorage::F16(vec![f16::ZERO; len]),
+            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; len]),
+        }
+    }
+
+    /// Converts every element to `T` (through f64, which represents every supported dtype exactly).
+    pub fn to_vec_of<T: Element>(&self) -> Vec<T> {
+        with_cpu_storage!(self, v => v.iter().map(|x| T::from_f64(x.to_f64())).collect())
+    }
+}
+
+/// Moves typed vectors in and out of [`CpuStorage`] without runtime dtype dispatch at the call site.
+pub trait HostElement: Element {
+    fn wrap(data: Vec<Self>) -> CpuStorage;
+    fn slice(storage: &CpuStorage) -> Option<&[Self]>;
+}
+
+macro_rules! impl_host_element {
+    ($t:ty, $variant:ident) => {
+        impl HostElement for $t {
+            fn wrap(data: Vec<Self>) -> CpuStorage {
+                CpuStorage::$variant(data)
+            }
+            fn slice(storage: &CpuStorage) -> Option<&[Self]> {
+                match storage {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+impl_host_element!(f32, F32);
+impl_host_element!(f64, F64);
+impl_host_element!(f16, F16);
+impl_host_element!(bf16, BF16);
+
+#[cfg(feature = "cuda")]
+pub use cuda_storage::{CudaData, CudaElement, CudaStorage};
+
+#[cfg(feature = "cuda")]
+mod cuda_storage {
+    use super::super::device::CudaDevice;
+    use super::{bf16, f16, DType, HostElement};
+    use cudarc::driver::CudaSlice;
+
+    /// Device storage: the buffer and the device (stream) it belongs to.
+    #[derive(Debug)]
+    pub struct CudaStorage {
+        pub device: CudaDevice,
+        pub data: CudaData,
+    }
+
+    /// Device buffers, one variant per dtype the kernels support (f64 stays on the host).
+    #[derive(Debug)]
+    pub enum CudaData {
+        F32(CudaSlice<f32>),
+        F16(CudaSlice<f16>),
+        BF16(CudaSlice<bf16>),
+    }
+
+    impl CudaData {
+        pub fn dtype(&self) -> DType {
+            match self {
+                CudaData::F32(_) => DType::F32,
+                CudaData::F16(_) => DType::F16,
+                CudaData::BF16(_) => DType::BF16,
+            }
+        }
+    }
+
+    /// An element type with CUDA kernels: f32, f16, bf16.
+    pub trait CudaElement:
+        HostElement + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits
+    {
+        /// The suffix of this dtype's kernel instantiations (`roi_align_forward_f32`, ...).
+        const KERNEL_SUFFIX: &'static str;
+        fn wrap_device(data: CudaSlice<Self>) -> CudaData;
+        fn device_slice(data: &CudaData) -> Option<&CudaSlice<Self>>;
+        fn device_slice_mut(data: &mut CudaData) -> Option<&mut CudaSlice<Self>>;
+        /// Takes the buffer out if `data` holds this dtype, else hands `data` back.
+        fn into_device_slice(data: CudaData) -> Result<CudaSlice<Self>, CudaData>;
+    }
+
+    macro_rules! impl_cuda_element {
+        ($t:ty, $variant:ident, $suffix:literal) => {
+            impl CudaElement for $t {
+                const KERNEL_SUFFIX: &'static str = $suffix;
+                fn wrap_device(data: CudaSlice<Self>) -> CudaData {
+                    CudaData::$variant(data)
+                }
+                fn device_slice(data: &CudaData) -> Option<&CudaSlice<Self>> {
+                    match data {
+                        CudaData::$variant(v) => Some(v),
+                        _ => None,
+                    }
+                }
+                fn device_slice_mut(data: &mut CudaData) -> Option<&mut CudaSlice<Self>> {
+                    match data {
+                        CudaData::$variant(v) => Some(v),
+                        _ => None,
+                    }
+                }
+                fn into_device_slice(data: CudaData) -> Result<CudaSlice<Self>, CudaData> {
+                    match data {
+                        CudaData::$variant(v) => Ok(v),
+                        other => Err(other),
+                    }
+                }
+            }
+        };
+    }
+    impl_cuda_element!(f32, F32, "f32");
+    impl_cuda_element!(f16, F16, "f16");
+    impl_cuda_element!(bf16, BF16, "bf16");
+}
