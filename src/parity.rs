@@ -7,7 +7,7 @@
 //! | key | ops | meaning |
 //! | --- | --- | --- |
 //! | `op` | all | `roi_align` or `roi_align_multilevel` |
-//! | `dtype` | all | optional: `f32`, `f64`, `f16`, `bf16`; inputs are cast to it first (default: as stored) |
+//! | `dtype` | all | optional: `f32`, `f64`, `f16`, `bf16`; data inputs (not boxes) are cast to it first (default: as stored) |
 //! | `output_size` | roi_align* | `"PH,PW"` |
 //! | `sampling_ratio` | roi_align* | integer; > 0 fixed grid, ≤ 0 adaptive |
 //! | `aligned` | roi_align* | `true` / `false` |
@@ -37,13 +37,15 @@ pub fn run(inputs: &NamedTensors, device: &Device) -> Result<NamedTensors> {
         })?),
         None => None,
     };
+    // Boxes stay on the host at their stored precision: ops compute coordinates in f32 (f64 for f64 data)
+    // whatever the storage dtype, so rounding them to half would test something no caller does.
     let load = |name: &str| -> Result<Tensor> {
         let t = inputs.get(name)?;
-        let t = match dtype {
-            Some(d) if d != t.dtype() => t.to_dtype(d)?,
-            _ => t.try_clone()?,
-        };
-        t.to_device(device)
+        match dtype {
+            _ if name == "rois" => t.try_clone(),
+            Some(d) if d != t.dtype() => t.to_dtype(d)?.to_device(device),
+            _ => t.to_device(device),
+        }
     };
     let op = inputs.meta("op")?;
     let results = match op {

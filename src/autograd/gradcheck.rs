@@ -137,7 +137,9 @@ pub fn gradcheck(
         }
         for (i, (&analytic, &numeric)) in row.iter().zip(numeric_row).enumerate() {
             let err = (analytic - numeric).abs();
-            if !(err <= opts.atol + opts.rtol * numeric.abs()) {
+            // Written so that a NaN on either side fails the check.
+            let within_tolerance = err <= opts.atol + opts.rtol * numeric.abs();
+            if !within_tolerance {
                 return Err(GradcheckFailure::Mismatch {
                     output: j,
                     input: i,
