@@ -14,6 +14,21 @@ impl Device {
     pub fn is_cpu(&self) -> bool {
         matches!(self, Device::Cpu)
     }
+
+    /// Waits until all work detkd queued on this device has finished (a no-op on the CPU, whose ops are
+    /// synchronous). Needed before timing, and before handing buffers to code on another stream.
+    pub fn synchronize(&self) -> crate::Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => d
+                .stream()
+                .synchronize()
+                .map_err(crate::Error::cuda("stream synchronize")),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(d) => d.unreachable(),
+        }
+    }
 }
 
 impl fmt::Display for Device {
