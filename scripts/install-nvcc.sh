@@ -41,6 +41,7 @@ nvcc_release() {
 # True when every `name==version` line of cuda-requirements.txt is installed at exactly that
 # version. nvcc's own version says nothing about nvvm, which decides the PTX ISA.
 pins_installed() {
+  [[ -x $venv/bin/python ]] || return 1
   "$venv/bin/python" - "$requirements" <<'PY'
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -78,7 +79,7 @@ else
     if ! "$host_python" -m venv "$venv" >&2; then
       # Debian without python3-venv has no ensurepip: make a bare venv and drive it with the
       # host's pip below.
-      log "python3 -m venv failed; retrying without pip"
+      log "$host_python -m venv failed; retrying without pip"
       rm -rf "$venv"
       "$host_python" -m venv --without-pip "$venv" >&2 ||
         die "cannot create a venv (on Debian/Ubuntu: apt-get install python3-venv)"
