@@ -218,6 +218,23 @@ impl Tensor {
         Tensor::from_cpu_storage(host, &self.shape)
     }
 
+    /// This tensor converted to `dtype`; free when it already has that dtype.
+    pub fn into_dtype(self, dtype: DType) -> Result<Tensor> {
+        if self.dtype() == dtype {
+            Ok(self)
+        } else {
+            self.to_dtype(dtype)
+        }
+    }
+
+    /// The elements as `T` on the host: borrowed when they already are, converted (copied) otherwise.
+    pub fn host_values<T: HostElement>(&self) -> Result<std::borrow::Cow<'_, [T]>> {
+        match self.cpu_storage().and_then(T::slice) {
+            Some(slice) => Ok(std::borrow::Cow::Borrowed(slice)),
+            None => Ok(std::borrow::Cow::Owned(self.to_vec::<T>()?)),
+        }
+    }
+
     /// A deep copy.
     pub fn try_clone(&self) -> Result<Tensor> {
         self.to_device(&self.device())

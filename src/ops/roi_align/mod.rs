@@ -459,6 +459,9 @@ fn common_device_dtype(features: &[&Tensor]) -> Result<(Device, DType)> {
 
 fn run_forward(plan: &Plan, features: &[&Tensor]) -> Result<Tensor> {
     let (device, dtype) = common_device_dtype(features)?;
+    if device.is_cpu() {
+        return cpu_forward(plan, features, dtype);
+    }
     let mut out = Tensor::zeros(&plan.output_shape(), dtype, &device)?;
     run_forward_into(plan, features, &mut out)?;
     Ok(out)
@@ -521,7 +524,7 @@ fn cpu_forward(plan: &Plan, features: &[&Tensor], dtype: DType) -> Result<Tensor
     match dtype {
         DType::F64 => Tensor::from_vec(typed::<f64>(plan, features)?, &shape),
         // f32 compute for f32 and half storage (half is widened, then rounded once at the end).
-        _ => Tensor::from_vec(typed::<f32>(plan, features)?, &shape)?.to_dtype(dtype),
+        _ => Tensor::from_vec(typed::<f32>(plan, features)?, &shape)?.into_dtype(dtype),
     }
 }
 
@@ -555,10 +558,10 @@ fn run_backward(plan: &Plan, grad_out: &Tensor) -> Result<Vec<Tensor>> {
                     .map(|(g, s)| Tensor::from_vec(g, s))
                     .collect::<Result<Vec<_>>>()?
             } else {
-                cpu::backward::<f32>(plan, &grad_out.to_vec::<f32>()?)
+                cpu::backward::<f32>(plan, &grad_out.host_values::<f32>()?)
                     .into_iter()
                     .zip(&shapes)
-                    .map(|(g, s)| Tensor::from_vec(g, s)?.to_dtype(dtype))
+                    .map(|(g, s)| Tensor::from_vec(g, s)?.into_dtype(dtype))
                     .collect::<Result<Vec<_>>>()?
             };
             Ok(grads)
