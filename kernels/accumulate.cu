@@ -54,3 +54,11 @@ __device__ void f32_to_impl(const float* __restrict__ src, int64_t n, T* __restr
 DETKD_ACCUMULATE_INSTANCES(float, f32)
 DETKD_ACCUMULATE_INSTANCES(__half, f16)
 DETKD_ACCUMULATE_INSTANCES(__nv_bfloat16, bf16)
+
+// Final pass of a deterministic two-pass sum: one block adds the per-block partials in a fixed order.
+extern "C" __global__ void sum_partials_f32(const float* __restrict__ partials, int64_t n, float* out) {
+    float v = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) v += partials[i];
+    v = block_reduce_sum(v);
+    if (threadIdx.x == 0) out[0] = v;
+}

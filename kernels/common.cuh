@@ -52,3 +52,24 @@ __device__ __forceinline__ void accumulate(unsigned long long* acc, float v, dou
 #define DETKD_GRID_STRIDE(i, n)                                                                   \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (int64_t)(n);          \
          i += (int64_t)blockDim.x * gridDim.x)
+
+namespace detkd {
+
+// Sum of `v` over the block, valid in thread 0; blockDim.x must be a multiple of 32 and <= 1024. The order
+// of additions depends only on the thread layout, so results are reproducible for a fixed launch shape.
+__device__ __forceinline__ float block_reduce_sum(float v) {
+    __shared__ float warp_sums[32];
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();  // warp_sums may still be read by a previous call
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    const int warps = (blockDim.x + 31) >> 5;
+    v = threadIdx.x < warps ? warp_sums[threadIdx.x] : 0.0f;
+    if (warp == 0) {
+        for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+}  // namespace detkd

@@ -12,7 +12,14 @@ mod launch;
 mod module;
 
 #[cfg(feature = "cuda")]
-pub(crate) use launch::{grid_for, NULL_DEVICE_PTR};
+mod buffers;
+
+#[cfg(feature = "cuda")]
+#[allow(unused_imports)] // sum_partials and BLOCK serve the fused loss kernels
+pub(crate) use buffers::{alloc_zeros, input_slice, output_slice, sum_partials};
+#[cfg(feature = "cuda")]
+#[allow(unused_imports)]
+pub(crate) use launch::{grid_for, BLOCK, NULL_DEVICE_PTR};
 #[cfg(feature = "cuda")]
 pub(crate) use module::{function, Module};
 

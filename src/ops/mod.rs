@@ -2,3 +2,4 @@
 //! validation (`mod.rs`), the CPU reference (`cpu.rs`) and the CUDA launch wrappers (`cuda.rs`).
 
 pub mod roi_align;
+pub(crate) mod validate;

@@ -1,5 +1,5 @@
-//! Element types. Storage may be f32, f16 or bf16 on either device, and f64 on the CPU (for gradchecks);
-//! arithmetic on half storage always happens in f32.
+//! Element types. Float storage may be f32, f16 or bf16 on either device, and f64 on the CPU (for
+//! gradchecks); arithmetic on half storage always happens in f32. i64 holds labels and indices.
 
 use half::{bf16, f16};
 use std::fmt;
@@ -11,13 +11,15 @@ pub enum DType {
     F64,
     F16,
     BF16,
+    /// Integer labels and indices (PyTorch's `long`).
+    I64,
 }
 
 impl DType {
     /// Bytes per element.
     pub fn size_in_bytes(self) -> usize {
         match self {
-            DType::F64 => 8,
+            DType::F64 | DType::I64 => 8,
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
         }
@@ -30,6 +32,7 @@ impl DType {
             DType::F64 => "f64",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
+            DType::I64 => "i64",
         }
     }
 
@@ -40,6 +43,7 @@ impl DType {
             "f64" => Some(DType::F64),
             "f16" => Some(DType::F16),
             "bf16" => Some(DType::BF16),
+            "i64" => Some(DType::I64),
             _ => None,
         }
     }
@@ -48,6 +52,13 @@ impl DType {
 impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+impl DType {
+    /// f32, f64, f16 or bf16.
+    pub fn is_float(self) -> bool {
+        self != DType::I64
     }
 }
 
@@ -89,6 +100,22 @@ impl Element for f64 {
     }
     fn from_f32(v: f32) -> Self {
         v as f64
+    }
+}
+
+impl Element for i64 {
+    const DTYPE: DType = DType::I64;
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as i64
+    }
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    fn from_f32(v: f32) -> Self {
+        v as i64
     }
 }
 

@@ -57,7 +57,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<NamedTensors> {
     })
 }
 
-/// Parses safetensors bytes into host tensors. F32, F64, F16 and BF16 tensors are supported.
+/// Parses safetensors bytes into host tensors. F32, F64, F16, BF16 and I64 tensors are supported.
 pub fn from_bytes(bytes: &[u8]) -> Result<NamedTensors> {
     let parsed = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
         what: "file".into(),
@@ -86,11 +86,12 @@ fn tensor_from_view(name: &str, view: &TensorView<'_>) -> Result<Tensor> {
         StDtype::F64 => CpuStorage::F64(bytemuck::pod_collect_to_vec::<u8, f64>(data)),
         StDtype::F16 => CpuStorage::F16(bytemuck::pod_collect_to_vec::<u8, f16>(data)),
         StDtype::BF16 => CpuStorage::BF16(bytemuck::pod_collect_to_vec::<u8, bf16>(data)),
+        StDtype::I64 => CpuStorage::I64(bytemuck::pod_collect_to_vec::<u8, i64>(data)),
         other => {
             return Err(Error::Safetensors {
                 what: format!("tensor `{name}`"),
                 reason: format!(
-                    "dtype {other:?} is not supported (expected F32, F64, F16 or BF16)"
+                    "dtype {other:?} is not supported (expected F32, F64, F16, BF16 or I64)"
                 ),
             })
         }
@@ -104,6 +105,7 @@ fn safetensors_dtype(dtype: DType) -> StDtype {
         DType::F64 => StDtype::F64,
         DType::F16 => StDtype::F16,
         DType::BF16 => StDtype::BF16,
+        DType::I64 => StDtype::I64,
     }
 }
 
@@ -191,6 +193,10 @@ mod tests {
                 "empty".to_string(),
                 Tensor::from_vec(Vec::<f32>::new(), &[0, 5]).unwrap(),
             ),
+            (
+                "labels".to_string(),
+                Tensor::from_vec(vec![3i64, -1, 80], &[3]).unwrap(),
+            ),
         ];
         let meta = BTreeMap::from([("op".to_string(), "roi_align".to_string())]);
         (tensors, meta)
@@ -241,12 +247,12 @@ mod tests {
 
     #[test]
     fn unsupported_dtype_is_named() {
-        let header = br#"{"idx":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#;
+        let header = br#"{"idx":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}"#;
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend_from_slice(header);
         bytes.extend_from_slice(&[0u8; 8]);
         let err = from_bytes(&bytes).unwrap_err().to_string();
-        assert!(err.contains("`idx`") && err.contains("I64"), "{err}");
+        assert!(err.contains("`idx`") && err.contains("U8"), "{err}");
     }
 
     #[test]

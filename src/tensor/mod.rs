@@ -266,6 +266,7 @@ fn convert_storage(s: &CpuStorage, dtype: DType) -> CpuStorage {
         DType::F64 => CpuStorage::F64(s.to_vec_of()),
         DType::F16 => CpuStorage::F16(s.to_vec_of()),
         DType::BF16 => CpuStorage::BF16(s.to_vec_of()),
+        DType::I64 => CpuStorage::I64(s.to_vec_of()),
     }
 }
 
@@ -279,6 +280,7 @@ impl CudaStorage {
             DType::F32 => CudaData::F32(stream.alloc_zeros(len).map_err(err())?),
             DType::F16 => CudaData::F16(stream.alloc_zeros(len).map_err(err())?),
             DType::BF16 => CudaData::BF16(stream.alloc_zeros(len).map_err(err())?),
+            DType::I64 => CudaData::I64(stream.alloc_zeros(len).map_err(err())?),
             DType::F64 => return Err(f64_on_device()),
         };
         Ok(CudaStorage {
@@ -292,7 +294,7 @@ impl CudaStorage {
 fn f64_on_device() -> Error {
     Error::DType {
         arg: "tensor".into(),
-        expected: "f32, f16 or bf16 on a CUDA device (f64 is host-only)".into(),
+        expected: "f32, f16, bf16 or i64 on a CUDA device (f64 is host-only)".into(),
         got: "f64".into(),
     }
 }
@@ -305,6 +307,7 @@ fn upload(s: &CpuStorage, dev: &CudaDevice) -> Result<CudaStorage> {
         CpuStorage::F32(v) => CudaData::F32(stream.clone_htod(v).map_err(err())?),
         CpuStorage::F16(v) => CudaData::F16(stream.clone_htod(v).map_err(err())?),
         CpuStorage::BF16(v) => CudaData::BF16(stream.clone_htod(v).map_err(err())?),
+        CpuStorage::I64(v) => CudaData::I64(stream.clone_htod(v).map_err(err())?),
         CpuStorage::F64(_) => return Err(f64_on_device()),
     };
     Ok(CudaStorage {
@@ -321,6 +324,7 @@ fn download(s: &CudaStorage) -> Result<CpuStorage> {
         CudaData::F32(v) => CpuStorage::F32(stream.clone_dtoh(v).map_err(err())?),
         CudaData::F16(v) => CpuStorage::F16(stream.clone_dtoh(v).map_err(err())?),
         CudaData::BF16(v) => CpuStorage::BF16(stream.clone_dtoh(v).map_err(err())?),
+        CudaData::I64(v) => CpuStorage::I64(stream.clone_dtoh(v).map_err(err())?),
     })
 }
 

@@ -10,6 +10,7 @@ pub enum CpuStorage {
     F64(Vec<f64>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
+    I64(Vec<i64>),
 }
 
 /// Applies the same generic expression to whichever typed vector a [`CpuStorage`] holds.
@@ -20,6 +21,7 @@ macro_rules! with_cpu_storage {
             CpuStorage::F64($v) => $body,
             CpuStorage::F16($v) => $body,
             CpuStorage::BF16($v) => $body,
+            CpuStorage::I64($v) => $body,
         }
     };
 }
@@ -32,6 +34,7 @@ impl CpuStorage {
             CpuStorage::F64(_) => DType::F64,
             CpuStorage::F16(_) => DType::F16,
             CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::I64(_) => DType::I64,
         }
     }
 
@@ -49,6 +52,7 @@ impl CpuStorage {
             DType::F64 => CpuStorage::F64(vec![0.0; len]),
             DType::F16 => CpuStorage::F16(vec![f16::ZERO; len]),
             DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; len]),
+            DType::I64 => CpuStorage::I64(vec![0; len]),
         }
     }
 
@@ -83,6 +87,7 @@ impl_host_element!(f32, F32);
 impl_host_element!(f64, F64);
 impl_host_element!(f16, F16);
 impl_host_element!(bf16, BF16);
+impl_host_element!(i64, I64);
 
 #[cfg(feature = "cuda")]
 pub use cuda_storage::{CudaData, CudaElement, CudaStorage};
@@ -106,6 +111,7 @@ mod cuda_storage {
         F32(CudaSlice<f32>),
         F16(CudaSlice<f16>),
         BF16(CudaSlice<bf16>),
+        I64(CudaSlice<i64>),
     }
 
     impl CudaData {
@@ -114,11 +120,12 @@ mod cuda_storage {
                 CudaData::F32(_) => DType::F32,
                 CudaData::F16(_) => DType::F16,
                 CudaData::BF16(_) => DType::BF16,
+                CudaData::I64(_) => DType::I64,
             }
         }
     }
 
-    /// An element type with CUDA kernels: f32, f16, bf16.
+    /// An element type that can live on a CUDA device: f32, f16, bf16 (with kernels) and i64 (labels).
     pub trait CudaElement:
         HostElement + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits
     {
@@ -162,4 +169,5 @@ mod cuda_storage {
     impl_cuda_element!(f32, F32, "f32");
     impl_cuda_element!(f16, F16, "f16");
     impl_cuda_element!(bf16, BF16, "bf16");
+    impl_cuda_element!(i64, I64, "i64");
 }

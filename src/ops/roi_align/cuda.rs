@@ -2,7 +2,9 @@
 //! the plan to the device and launches.
 
 use super::{Plan, MAX_LEVELS};
-use crate::cuda::{function, grid_for, Module, NULL_DEVICE_PTR};
+use crate::cuda::{
+    alloc_zeros, function, grid_for, input_slice, output_slice, Module, NULL_DEVICE_PTR,
+};
 use crate::error::{Error, Result};
 use crate::tensor::{CudaData, CudaDevice, CudaElement, Tensor};
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchArgs, PushKernelArg};
@@ -23,6 +25,11 @@ struct RoiAlignArgs {
     sampling_ratio: i32,
     aligned: i32,
 }
+
+const _: () = assert!(
+    std::mem::size_of::<RoiAlignArgs>() == 88,
+    "must match the kernel's struct"
+);
 
 // SAFETY: RoiAlignArgs is #[repr(C)], Copy, holds only i32/f32 arrays and fields (no pointers, no padding),
 // and its layout matches the kernel's struct field for field, so passing its bytes by value is sound.
@@ -82,23 +89,6 @@ fn push_optional<'a, T>(lb: &mut LaunchArgs<'a>, buf: Option<&'a CudaSlice<T>>) 
     };
 }
 
-fn typed_input<'a, T: CudaElement>(
-    t: &'a Tensor,
-    arg: &str,
-    dev: &CudaDevice,
-) -> Result<&'a CudaSlice<T>> {
-    let storage = t.cuda_storage().ok_or_else(|| Error::Device {
-        arg: arg.into(),
-        expected: format!("cuda:{}", dev.ordinal()),
-        got: t.device().to_string(),
-    })?;
-    T::device_slice(&storage.data).ok_or_else(|| Error::DType {
-        arg: arg.into(),
-        expected: T::DTYPE.to_string(),
-        got: t.dtype().to_string(),
-    })
-}
-
 pub(super) fn forward(
     dev: &CudaDevice,
     plan: &Plan,
@@ -109,7 +99,7 @@ pub(super) fn forward(
         Some(CudaData::F32(_)) => forward_typed::<f32>(dev, plan, features, out),
         Some(CudaData::F16(_)) => forward_typed::<f16>(dev, plan, features, out),
         Some(CudaData::BF16(_)) => forward_typed::<bf16>(dev, plan, features, out),
-        None => Err(Error::invalid("out", "expected a CUDA tensor")),
+        _ => Err(Error::invalid("out", "expected a float CUDA tensor")),
     }
 }
 
@@ -123,14 +113,11 @@ fn forward_typed<T: CudaElement>(
     let levels: Vec<&CudaSlice<T>> = features
         .iter()
         .enumerate()
-        .map(|(l, f)| typed_input::<T>(f, &format!("features[{l}]"), dev))
+        .map(|(l, f)| input_slice::<T>(f, &format!("features[{l}]"), dev))
         .collect::<Result<_>>()?;
     let kernel = format!("roi_align_forward_{}", T::KERNEL_SUFFIX);
     let func = function(dev, Module::RoiAlign, &kernel)?;
-    let out_slice = out
-        .cuda_storage_mut()
-        .and_then(|s| T::device_slice_mut(&mut s.data))
-        .ok_or_else(|| Error::invalid("out", "expected a CUDA tensor of the features' dtype"))?;
+    let out_slice = output_slice::<T>(out, "out", dev)?;
     let total = plan.output_shape().iter().product::<usize>();
     let mut lb = dev.stream().launch_builder(&func);
     for l in 0..MAX_LEVELS {
@@ -152,7 +139,7 @@ pub(super) fn backward(dev: &CudaDevice, plan: &Plan, grad_out: &Tensor) -> Resu
         Some(CudaData::F32(_)) => backward_typed::<f32>(dev, plan, grad_out),
         Some(CudaData::F16(_)) => backward_typed::<f16>(dev, plan, grad_out),
         Some(CudaData::BF16(_)) => backward_typed::<bf16>(dev, plan, grad_out),
-        None => Err(Error::invalid("grad_out", "expected a CUDA tensor")),
+        _ => Err(Error::invalid("grad_out", "expected a float CUDA tensor")),
     }
 }
 
@@ -162,16 +149,14 @@ fn backward_typed<T: CudaElement>(
     grad_out: &Tensor,
 ) -> Result<Vec<Tensor>> {
     let device_plan = upload_plan(dev, plan)?;
-    let grad = typed_input::<T>(grad_out, "grad_out", dev)?;
+    let grad = input_slice::<T>(grad_out, "grad_out", dev)?;
     let stream = dev.stream();
     let level_len = |l: usize| plan.batch * plan.channels * plan.maps[l].0 * plan.maps[l].1;
     let total = plan.output_shape().iter().product::<usize>();
 
     let grads: Vec<CudaSlice<T>> = if plan.deterministic {
         // 1. max|grad_out| sets the fixed-point scale; 2. scatter as 64-bit integers; 3. convert.
-        let mut abs_max_bits = stream
-            .alloc_zeros::<u32>(1)
-            .map_err(Error::cuda("allocation"))?;
+        let mut abs_max_bits = alloc_zeros::<u32>(dev, 1)?;
         launch_reduce(
             dev,
             "abs_max",
@@ -182,11 +167,7 @@ fn backward_typed<T: CudaElement>(
         )?;
         let max_terms = total as f64;
         let mut acc: Vec<CudaSlice<u64>> = (0..plan.maps.len())
-            .map(|l| {
-                stream
-                    .alloc_zeros::<u64>(level_len(l))
-                    .map_err(Error::cuda("allocation"))
-            })
+            .map(|l| alloc_zeros::<u64>(dev, level_len(l)))
             .collect::<Result<_>>()?;
         let kernel = format!("roi_align_backward_fixed_{}", T::KERNEL_SUFFIX);
         let func = function(dev, Module::RoiAlign, &kernel)?;
@@ -214,11 +195,7 @@ fn backward_typed<T: CudaElement>(
             .collect::<Result<_>>()?
     } else {
         let mut acc: Vec<CudaSlice<f32>> = (0..plan.maps.len())
-            .map(|l| {
-                stream
-                    .alloc_zeros::<f32>(level_len(l))
-                    .map_err(Error::cuda("allocation"))
-            })
+            .map(|l| alloc_zeros::<f32>(dev, level_len(l)))
             .collect::<Result<_>>()?;
         let kernel = format!("roi_align_backward_atomic_{}", T::KERNEL_SUFFIX);
         let func = function(dev, Module::RoiAlign, &kernel)?;
@@ -277,10 +254,7 @@ fn fixed_point_to<T: CudaElement>(
     abs_max_bits: &CudaSlice<u32>,
     max_terms: f64,
 ) -> Result<CudaSlice<T>> {
-    let mut out = dev
-        .stream()
-        .alloc_zeros::<T>(n)
-        .map_err(Error::cuda("allocation"))?;
+    let mut out = alloc_zeros::<T>(dev, n)?;
     if n == 0 {
         return Ok(out);
     }
@@ -306,10 +280,7 @@ fn f32_to<T: CudaElement>(dev: &CudaDevice, acc: CudaSlice<f32>) -> Result<CudaS
         Err(_) => return Err(Error::invalid("accumulator", "expected an f32 buffer")),
     };
     let n = acc.len();
-    let mut out = dev
-        .stream()
-        .alloc_zeros::<T>(n)
-        .map_err(Error::cuda("allocation"))?;
+    let mut out = alloc_zeros::<T>(dev, n)?;
     if n == 0 {
         return Ok(out);
     }

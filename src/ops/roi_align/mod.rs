@@ -16,6 +16,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
+use super::validate;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Real, Tensor};
 
@@ -310,25 +311,16 @@ impl Plan {
                 return Err(Error::shape(arg(l), "a map with H >= 1 and W >= 1", shape));
             }
             // Kernels index planes with i32 and the channel/batch extents as i32.
-            if height.saturating_mul(width) > i32::MAX as usize || channels > i32::MAX as usize {
-                return Err(Error::shape(arg(l), "H*W and C below 2^31", shape));
-            }
+            validate::fits_i32(height.saturating_mul(width), &arg(l), "H*W")?;
+            validate::fits_i32(channels, &arg(l), "C")?;
             maps.push((height, width));
         }
-        if pooled_h.saturating_mul(pooled_w) > i32::MAX as usize {
-            return Err(Error::invalid("output_size", "PH*PW must be below 2^31"));
-        }
+        validate::fits_i32(pooled_h.saturating_mul(pooled_w), "output_size", "PH*PW")?;
 
         let host = host_rois(rois)?;
         check_rois(&host, batch, scales)?;
         let num_rois = host.len() / 5;
-        if num_rois > i32::MAX as usize {
-            return Err(Error::shape(
-                "rois",
-                "[K, 5] with K below 2^31",
-                rois.shape(),
-            ));
-        }
+        validate::fits_i32(num_rois, "rois", "K")?;
         let roi_levels = match rule {
             Some(rule) => host
                 .chunks_exact(5)
@@ -388,7 +380,8 @@ fn validate_scales(scales: &[f64]) -> Result<()> {
 
 /// The RoIs as host f64, after checking their shape.
 fn host_rois(rois: &Tensor) -> Result<Vec<f64>> {
-    if rois.rank() != 2 || rois.shape()[1] != 5 {
+    validate::rank(rois, "rois", 2, "[K, 5] = (batch, x1, y1, x2, y2)")?;
+    if rois.shape()[1] != 5 {
         return Err(Error::shape(
             "rois",
             "[K, 5] = (batch, x1, y1, x2, y2)",
@@ -436,24 +429,23 @@ fn check_rois(rois: &[f64], batch: usize, scales: &[f64]) -> Result<()> {
 
 /// All feature maps must share one device and one dtype; returns them.
 fn common_device_dtype(features: &[&Tensor]) -> Result<(Device, DType)> {
-    let device = features[0].device();
-    let dtype = features[0].dtype();
-    for (l, f) in features.iter().enumerate().skip(1) {
-        if f.device() != device {
-            return Err(Error::Device {
-                arg: format!("features[{l}]"),
-                expected: device.to_string(),
-                got: f.device().to_string(),
-            });
-        }
-        if f.dtype() != dtype {
-            return Err(Error::DType {
-                arg: format!("features[{l}]"),
-                expected: dtype.to_string(),
-                got: f.dtype().to_string(),
-            });
-        }
-    }
+    let names: Vec<String> = (0..features.len())
+        .map(|l| {
+            if features.len() == 1 {
+                "features".into()
+            } else {
+                format!("features[{l}]")
+            }
+        })
+        .collect();
+    let named: Vec<(&str, &Tensor)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(features.iter().copied())
+        .collect();
+    let device = validate::same_device(&named)?;
+    let dtype = validate::same_dtype(&named)?;
+    validate::float(features[0], &names[0])?;
     Ok((device, dtype))
 }
 
@@ -470,9 +462,7 @@ fn run_forward(plan: &Plan, features: &[&Tensor]) -> Result<Tensor> {
 fn run_forward_into(plan: &Plan, features: &[&Tensor], out: &mut Tensor) -> Result<()> {
     let (device, dtype) = common_device_dtype(features)?;
     let expected = plan.output_shape();
-    if out.shape() != expected {
-        return Err(Error::shape("out", format!("{expected:?}"), out.shape()));
-    }
+    validate::shape(out, "out", &expected)?;
     if out.dtype() != dtype || out.device() != device {
         return Err(Error::invalid(
             "out",
@@ -537,7 +527,7 @@ fn run_backward(plan: &Plan, grad_out: &Tensor) -> Result<Vec<Tensor>> {
             grad_out.shape(),
         ));
     }
-    let dtype = grad_out.dtype();
+    let dtype = validate::float(grad_out, "grad_out")?;
     let device = grad_out.device();
     let zeros = || -> Result<Vec<Tensor>> {
         (0..plan.maps.len())
