@@ -8,23 +8,42 @@ use cudarc::nvrtc::Ptx;
 
 /// One compiled `kernels/<name>.cu`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(dead_code)] // variants are used as each op family's CUDA path lands
 pub(crate) enum Module {
     Accumulate,
+    DistKl,
+    Focal,
+    GraphConv,
+    Matmul,
+    Prototype,
     RoiAlign,
+    Similarity,
 }
 
 impl Module {
     fn name(self) -> &'static str {
         match self {
             Module::Accumulate => "accumulate",
+            Module::DistKl => "dist_kl",
+            Module::Focal => "focal",
+            Module::GraphConv => "graph_conv",
+            Module::Matmul => "matmul",
+            Module::Prototype => "prototype",
             Module::RoiAlign => "roi_align",
+            Module::Similarity => "similarity",
         }
     }
 
     fn ptx(self) -> &'static str {
         match self {
             Module::Accumulate => ptx::ACCUMULATE,
+            Module::DistKl => ptx::DIST_KL,
+            Module::Focal => ptx::FOCAL,
+            Module::GraphConv => ptx::GRAPH_CONV,
+            Module::Matmul => ptx::MATMUL,
+            Module::Prototype => ptx::PROTOTYPE,
             Module::RoiAlign => ptx::ROI_ALIGN,
+            Module::Similarity => ptx::SIMILARITY,
         }
     }
 }

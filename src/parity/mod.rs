@@ -6,7 +6,12 @@
 //! The common key `dtype` (`f32`, `f64`, `f16`, `bf16`) casts the float data inputs before running; boxes,
 //! labels and indices keep their stored dtype.
 
+mod dist_kl;
+mod focal;
+mod graph_conv;
+mod prototype;
 mod roi_align;
+mod similarity;
 
 use crate::error::{Error, Result};
 use crate::tensor::io::NamedTensors;
@@ -24,10 +29,32 @@ struct Family {
     run: fn(&str, &ParityInputs<'_>) -> Result<Results>,
 }
 
-const FAMILIES: &[Family] = &[Family {
-    ops: roi_align::OPS,
-    run: roi_align::run,
-}];
+const FAMILIES: &[Family] = &[
+    Family {
+        ops: roi_align::OPS,
+        run: roi_align::run,
+    },
+    Family {
+        ops: similarity::OPS,
+        run: similarity::run,
+    },
+    Family {
+        ops: graph_conv::OPS,
+        run: graph_conv::run,
+    },
+    Family {
+        ops: prototype::OPS,
+        run: prototype::run,
+    },
+    Family {
+        ops: focal::OPS,
+        run: focal::run,
+    },
+    Family {
+        ops: dist_kl::OPS,
+        run: dist_kl::run,
+    },
+];
 
 /// Runs the op described by `inputs` on `device` and returns its results (on the host).
 pub fn run(inputs: &NamedTensors, device: &Device) -> Result<NamedTensors> {

@@ -1,0 +1,2 @@
+// Kernels for the `focal` op family (see src/ops/focal/).
+#include "common.cuh"

@@ -1,0 +1,2 @@
+// Kernels for the `graph_conv` op family (see src/ops/graph_conv/).
+#include "common.cuh"

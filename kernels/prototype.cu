@@ -1,0 +1,2 @@
+// Kernels for the `prototype` op family (see src/ops/prototype/).
+#include "common.cuh"

@@ -1,0 +1,1 @@
+//! The `dist_kl` op family (work in progress).

@@ -1,0 +1,1 @@
+//! The `focal` op family (work in progress).

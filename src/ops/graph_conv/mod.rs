@@ -1,0 +1,1 @@
+//! The `graph_conv` op family (work in progress).

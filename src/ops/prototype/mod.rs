@@ -1,0 +1,1 @@
+//! The `prototype` op family (work in progress).

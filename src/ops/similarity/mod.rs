@@ -1,0 +1,1 @@
+//! The `similarity` op family (work in progress).
