@@ -97,6 +97,37 @@ __device__ __forceinline__ P select_level(int level, P p0, P p1, P p2, P p3, P p
     }
 }
 
+// Output element i of a [K, C, PH, PW] tensor.
+struct BinIndex {
+    int64_t k;
+    int c, ph, pw;
+};
+
+__device__ __forceinline__ BinIndex bin_index(int64_t i, const RoiAlignArgs& a) {
+    BinIndex b;
+    b.pw = (int)(i % a.pooled_w);
+    b.ph = (int)((i / a.pooled_w) % a.pooled_h);
+    b.c = (int)((i / ((int64_t)a.pooled_w * a.pooled_h)) % a.channels);
+    b.k = i / ((int64_t)a.pooled_w * a.pooled_h * a.channels);
+    return b;
+}
+
+// Calls visit(idx[4], w[4]) for every in-range bilinear sample of bin (ph, pw), in the same order as the CPU
+// reference (iy outer, ix inner).
+template <typename Visit>
+__device__ __forceinline__ void for_each_sample(const RoiGeometry& g, int ph, int pw, int height, int width,
+                                                Visit visit) {
+    for (int iy = 0; iy < g.grid_h; ++iy) {
+        const float y = g.start_y + ph * g.bin_h + ((float)iy + 0.5f) * g.bin_h / (float)g.grid_h;
+        for (int ix = 0; ix < g.grid_w; ++ix) {
+            const float x = g.start_x + pw * g.bin_w + ((float)ix + 0.5f) * g.bin_w / (float)g.grid_w;
+            int idx[4];
+            float w[4];
+            if (bilinear_taps(y, x, height, width, idx, w)) visit(idx, w);
+        }
+    }
+}
+
 // One thread per output element (k, c, ph, pw).
 template <typename T>
 __device__ void roi_align_forward_impl(const T* f0, const T* f1, const T* f2, const T* f3, const T* f4,
@@ -104,27 +135,16 @@ __device__ void roi_align_forward_impl(const T* f0, const T* f1, const T* f2, co
                                        RoiAlignArgs a, T* __restrict__ out) {
     const int64_t total = (int64_t)a.num_rois * a.channels * a.pooled_h * a.pooled_w;
     DETKD_GRID_STRIDE(i, total) {
-        const int pw = (int)(i % a.pooled_w);
-        const int ph = (int)((i / a.pooled_w) % a.pooled_h);
-        const int c = (int)((i / ((int64_t)a.pooled_w * a.pooled_h)) % a.channels);
-        const int64_t k = i / ((int64_t)a.pooled_w * a.pooled_h * a.channels);
-        const RoiGeometry g = roi_geometry(rois, roi_levels, k, a);
+        const BinIndex b = bin_index(i, a);
+        const RoiGeometry g = roi_geometry(rois, roi_levels, b.k, a);
         const int height = a.height[g.level], width = a.width[g.level];
         const T* __restrict__ plane = select_level(g.level, f0, f1, f2, f3, f4) +
-                                      ((int64_t)g.batch * a.channels + c) * height * width;
+                                      ((int64_t)g.batch * a.channels + b.c) * height * width;
         float sum = 0.0f;
-        for (int iy = 0; iy < g.grid_h; ++iy) {
-            const float y = g.start_y + ph * g.bin_h + ((float)iy + 0.5f) * g.bin_h / (float)g.grid_h;
-            for (int ix = 0; ix < g.grid_w; ++ix) {
-                const float x = g.start_x + pw * g.bin_w + ((float)ix + 0.5f) * g.bin_w / (float)g.grid_w;
-                int idx[4];
-                float w[4];
-                if (bilinear_taps(y, x, height, width, idx, w)) {
-                    sum += w[0] * to_float(plane[idx[0]]) + w[1] * to_float(plane[idx[1]]) +
-                           w[2] * to_float(plane[idx[2]]) + w[3] * to_float(plane[idx[3]]);
-                }
-            }
-        }
+        for_each_sample(g, b.ph, b.pw, height, width, [&](const int* idx, const float* w) {
+            sum += w[0] * to_float(plane[idx[0]]) + w[1] * to_float(plane[idx[1]]) +
+                   w[2] * to_float(plane[idx[2]]) + w[3] * to_float(plane[idx[3]]);
+        });
         out[i] = from_float<T>(sum / g.count);
     }
 }
@@ -139,27 +159,16 @@ __device__ void roi_align_backward_impl(const T* __restrict__ grad_out, const fl
     const double scale = abs_max_bits != nullptr ? fixed_point_scale(*abs_max_bits, max_terms) : 1.0;
     const int64_t total = (int64_t)a.num_rois * a.channels * a.pooled_h * a.pooled_w;
     DETKD_GRID_STRIDE(i, total) {
-        const int pw = (int)(i % a.pooled_w);
-        const int ph = (int)((i / a.pooled_w) % a.pooled_h);
-        const int c = (int)((i / ((int64_t)a.pooled_w * a.pooled_h)) % a.channels);
-        const int64_t k = i / ((int64_t)a.pooled_w * a.pooled_h * a.channels);
-        const RoiGeometry g = roi_geometry(rois, roi_levels, k, a);
+        const BinIndex b = bin_index(i, a);
+        const RoiGeometry g = roi_geometry(rois, roi_levels, b.k, a);
         const int height = a.height[g.level], width = a.width[g.level];
         Acc* plane = select_level(g.level, g0, g1, g2, g3, g4) +
-                     ((int64_t)g.batch * a.channels + c) * height * width;
+                     ((int64_t)g.batch * a.channels + b.c) * height * width;
         const float grad = to_float(grad_out[i]);
-        for (int iy = 0; iy < g.grid_h; ++iy) {
-            const float y = g.start_y + ph * g.bin_h + ((float)iy + 0.5f) * g.bin_h / (float)g.grid_h;
-            for (int ix = 0; ix < g.grid_w; ++ix) {
-                const float x = g.start_x + pw * g.bin_w + ((float)ix + 0.5f) * g.bin_w / (float)g.grid_w;
-                int idx[4];
-                float w[4];
-                if (bilinear_taps(y, x, height, width, idx, w)) {
+        for_each_sample(g, b.ph, b.pw, height, width, [&](const int* idx, const float* w) {
 #pragma unroll
-                    for (int t = 0; t < 4; ++t) accumulate(plane + idx[t], grad * w[t] / g.count, scale);
-                }
-            }
-        }
+            for (int t = 0; t < 4; ++t) accumulate(plane + idx[t], grad * w[t] / g.count, scale);
+        });
     }
 }
 

@@ -150,7 +150,6 @@ fn backward_typed<T: CudaElement>(
 ) -> Result<Vec<Tensor>> {
     let device_plan = upload_plan(dev, plan)?;
     let grad = input_slice::<T>(grad_out, "grad_out", dev)?;
-    let stream = dev.stream();
     let level_len = |l: usize| plan.batch * plan.channels * plan.maps[l].0 * plan.maps[l].1;
     let total = plan.output_shape().iter().product::<usize>();
 
@@ -170,25 +169,15 @@ fn backward_typed<T: CudaElement>(
             .map(|l| alloc_zeros::<u64>(dev, level_len(l)))
             .collect::<Result<_>>()?;
         let kernel = format!("roi_align_backward_fixed_{}", T::KERNEL_SUFFIX);
-        let func = function(dev, Module::RoiAlign, &kernel)?;
-        let mut lb = stream.launch_builder(&func);
-        lb.arg(grad);
-        lb.arg(&device_plan.rois);
-        push_optional(&mut lb, device_plan.roi_levels.as_ref());
-        lb.arg(&device_plan.args);
-        lb.arg(&abs_max_bits);
-        lb.arg(&max_terms);
-        let mut unused = MAX_LEVELS - acc.len();
-        for a in acc.iter_mut() {
-            lb.arg(a);
-        }
-        while unused > 0 {
-            lb.arg(&NULL_DEVICE_PTR);
-            unused -= 1;
-        }
-        // SAFETY: arguments match roi_align_backward_fixed_<T>; each accumulator holds N*C*H*W u64 of its
-        // level, grad_out K*C*PH*PW elements, abs_max_bits one u32; indices were validated by Plan::new.
-        unsafe { lb.launch(grid_for(total)) }.map_err(Error::cuda(kernel))?;
+        launch_scatter(
+            dev,
+            &device_plan,
+            grad,
+            total,
+            &kernel,
+            Some((&abs_max_bits, &max_terms)),
+            &mut acc,
+        )?;
         acc.iter()
             .enumerate()
             .map(|(l, a)| fixed_point_to::<T>(dev, a, level_len(l), &abs_max_bits, max_terms))
@@ -198,23 +187,7 @@ fn backward_typed<T: CudaElement>(
             .map(|l| alloc_zeros::<f32>(dev, level_len(l)))
             .collect::<Result<_>>()?;
         let kernel = format!("roi_align_backward_atomic_{}", T::KERNEL_SUFFIX);
-        let func = function(dev, Module::RoiAlign, &kernel)?;
-        let mut lb = stream.launch_builder(&func);
-        lb.arg(grad);
-        lb.arg(&device_plan.rois);
-        push_optional(&mut lb, device_plan.roi_levels.as_ref());
-        lb.arg(&device_plan.args);
-        let mut unused = MAX_LEVELS - acc.len();
-        for a in acc.iter_mut() {
-            lb.arg(a);
-        }
-        while unused > 0 {
-            lb.arg(&NULL_DEVICE_PTR);
-            unused -= 1;
-        }
-        // SAFETY: arguments match roi_align_backward_atomic_<T>; each accumulator holds N*C*H*W f32 of its
-        // level and grad_out K*C*PH*PW elements; indices were validated by Plan::new.
-        unsafe { lb.launch(grid_for(total)) }.map_err(Error::cuda(kernel))?;
+        launch_scatter(dev, &device_plan, grad, total, &kernel, None, &mut acc)?;
         acc.into_iter()
             .map(|a| f32_to::<T>(dev, a))
             .collect::<Result<_>>()?
@@ -224,6 +197,40 @@ fn backward_typed<T: CudaElement>(
         .enumerate()
         .map(|(l, g)| Tensor::from_cuda_slice(g, &plan.level_shape(l), dev))
         .collect()
+}
+
+/// Launches a backward scatter kernel, `(grad_out, rois, roi_levels, args, [abs_max_bits, max_terms,]
+/// g0..g4)`: one accumulator per level, null pointers for the levels that do not exist.
+fn launch_scatter<T: CudaElement, A>(
+    dev: &CudaDevice,
+    device_plan: &DevicePlan,
+    grad: &CudaSlice<T>,
+    total: usize,
+    kernel: &str,
+    fixed_point: Option<(&CudaSlice<u32>, &f64)>,
+    acc: &mut [CudaSlice<A>],
+) -> Result<()> {
+    let func = function(dev, Module::RoiAlign, kernel)?;
+    let mut lb = dev.stream().launch_builder(&func);
+    lb.arg(grad);
+    lb.arg(&device_plan.rois);
+    push_optional(&mut lb, device_plan.roi_levels.as_ref());
+    lb.arg(&device_plan.args);
+    if let Some((abs_max_bits, max_terms)) = fixed_point {
+        lb.arg(abs_max_bits).arg(max_terms);
+    }
+    let levels = acc.len();
+    for a in acc.iter_mut() {
+        lb.arg(a);
+    }
+    for _ in levels..MAX_LEVELS {
+        lb.arg(&NULL_DEVICE_PTR);
+    }
+    // SAFETY: the arguments match roi_align_backward_{atomic,fixed}_<T> (fixed_point is Some exactly for the
+    // fixed kernels); each accumulator holds N*C*H*W elements of its level (f32 or u64 as the kernel
+    // expects), grad_out K*C*PH*PW elements; batch and level indices were validated by Plan::new.
+    unsafe { lb.launch(grid_for(total)) }.map_err(Error::cuda(kernel))?;
+    Ok(())
 }
 
 /// Runs `<name>_<suffix>(x, n, out)` from kernels/accumulate.cu.

@@ -170,14 +170,7 @@ pub fn roi_align_multilevel(
     levels: &FpnLevels,
     cfg: &RoiAlignConfig,
 ) -> Result<Tensor> {
-    let shapes: Vec<&[usize]> = features.iter().map(|f| f.shape()).collect();
-    let plan = Plan::new(
-        &shapes,
-        rois,
-        &levels.spatial_scales,
-        Some(levels.rule),
-        cfg,
-    )?;
+    let plan = Plan::multilevel(features, rois, levels, cfg)?;
     run_forward(&plan, features)
 }
 
@@ -189,14 +182,7 @@ pub fn roi_align_multilevel_into(
     cfg: &RoiAlignConfig,
     out: &mut Tensor,
 ) -> Result<()> {
-    let shapes: Vec<&[usize]> = features.iter().map(|f| f.shape()).collect();
-    let plan = Plan::new(
-        &shapes,
-        rois,
-        &levels.spatial_scales,
-        Some(levels.rule),
-        cfg,
-    )?;
+    let plan = Plan::multilevel(features, rois, levels, cfg)?;
     run_forward_into(&plan, features, out)
 }
 
@@ -340,6 +326,22 @@ impl Plan {
             aligned: cfg.aligned,
             deterministic: cfg.deterministic,
         })
+    }
+
+    fn multilevel(
+        features: &[&Tensor],
+        rois: &Tensor,
+        levels: &FpnLevels,
+        cfg: &RoiAlignConfig,
+    ) -> Result<Plan> {
+        let shapes: Vec<&[usize]> = features.iter().map(|f| f.shape()).collect();
+        Plan::new(
+            &shapes,
+            rois,
+            &levels.spatial_scales,
+            Some(levels.rule),
+            cfg,
+        )
     }
 
     pub fn num_rois(&self) -> usize {
