@@ -301,6 +301,7 @@ fn compile_all(
                 let extra_flags = &extra_flags;
                 scope.spawn(move || {
                     let ptx = compile_one(nvcc, kernel_dir, out_dir, kernel, extra_flags)?;
+                    assemble_for_hopper(nvcc, kernel, &kernel.ptx_path(out_dir))?;
                     ptx_isa(kernel, &ptx)
                 })
             })
@@ -331,6 +332,39 @@ fn compile_all(
     } else {
         Err(errors)
     }
+}
+
+/// Assembles the PTX for sm_90 with the ptxas beside nvcc, as the driver's JIT will on an H100/H200: invalid
+/// PTX (which `nvcc -ptx` alone never assembles) fails the build here instead of at the first launch.
+/// Skipped when that nvcc ships no ptxas.
+fn assemble_for_hopper(nvcc: &Nvcc, kernel: &Kernel, ptx_path: &Path) -> Result<(), Vec<String>> {
+    let Some(ptxas) = nvcc
+        .path
+        .parent()
+        .map(|dir| dir.join("ptxas"))
+        .filter(|p| p.is_file())
+    else {
+        return Ok(());
+    };
+    let out = Command::new(&ptxas)
+        .args(["-arch=sm_90", "-o", "/dev/null"])
+        .arg(ptx_path)
+        .output()
+        .map_err(|e| vec![format!("cannot run {}: {e}", ptxas.display())])?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut lines = vec![format!(
+        "ptxas -arch=sm_90 rejected the PTX of {}",
+        kernel.source.display()
+    )];
+    let text = String::from_utf8_lossy(&out.stderr);
+    lines.extend(
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("  {l}")),
+    );
+    Err(lines)
 }
 
 /// Runs nvcc on one `.cu` file and returns the PTX text.
