@@ -55,7 +55,8 @@ __device__ __forceinline__ void accumulate(unsigned long long* acc, float v, dou
 
 namespace detkd {
 
-// Sum of `v` over the block, valid in thread 0; blockDim.x must be a multiple of 32 and <= 1024. The order
+// Sum of `v` over the block, valid in thread 0. Every thread of the block must call it (it synchronises);
+// blockDim.x must be a multiple of 32 and <= 1024. The order
 // of additions depends only on the thread layout, so results are reproducible for a fixed launch shape.
 __device__ __forceinline__ float block_reduce_sum(float v) {
     __shared__ float warp_sums[32];
