@@ -4,7 +4,9 @@
 //!
 //! Rows are the last dimension: GFL box logits are `[anchors · 4 sides, reg_max + 1]` (17 bins by default),
 //! class-logit KD uses `[rows, classes]`. Every softmax is computed as a stable log-softmax (the row maximum is
-//! subtracted before exponentiating), in f32 for f32/f16/bf16 storage and in f64 for f64 (CPU only).
+//! subtracted before exponentiating), in f32 for f32/f16/bf16 storage and in f64 for f64 (CPU only); half
+//! results are rounded once at the end. `z / T` is computed as `z · (1/T)` with `1/T` rounded once (PyTorch
+//! divides; the two differ by at most one rounding of the scaled logit).
 //!
 //! # Formulas (shared/spec/methods.md §4, §6.5, §6.6, §6.8)
 //!
