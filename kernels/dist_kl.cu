@@ -29,7 +29,8 @@
 
 using namespace detkd;
 
-// Mirrors `RowArgs` in src/ops/dist_kl/cuda.rs (one i64, then seven 4-byte fields and explicit padding).
+// Mirrors `RowArgs` in src/ops/dist_kl/cuda.rs: one i64, then eight 4-byte fields (two of them explicit
+// padding), 40 bytes with no implicit padding.
 struct RowArgs {
     int64_t rows;
     int bins;
@@ -38,7 +39,7 @@ struct RowArgs {
     float loss_coef;         // multiplies every row's raw loss (loss_weight, reduction divisor, c·T²)
     float grad_coef;         // multiplies every row's raw gradient (loss_weight, divisor, c·T, fused upstream)
     int upstream_per_row;    // 1: upstream[row] (reduction none), 0: upstream[0] (reduced loss)
-    int padding;
+    int padding[2];
 };
 
 namespace {

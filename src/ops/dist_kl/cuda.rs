@@ -11,7 +11,7 @@ use crate::tensor::{CudaData, CudaDevice, CudaElement, DType, Tensor};
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
-/// Mirrors `struct RowArgs` in kernels/dist_kl.cu (same field order: one i64, then 4-byte fields).
+/// Mirrors `struct RowArgs` in kernels/dist_kl.cu (same field order: one i64, then eight 4-byte fields).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct RowArgs {
@@ -22,7 +22,7 @@ struct RowArgs {
     loss_coef: f32,
     grad_coef: f32,
     upstream_per_row: i32,
-    padding: i32,
+    padding: [i32; 2],
 }
 
 const _: () = assert!(
@@ -30,8 +30,9 @@ const _: () = assert!(
     "must match the kernel's struct"
 );
 
-// SAFETY: RowArgs is #[repr(C)], Copy, holds only i64/i32/f32 fields (no pointers; the explicit `padding`
-// field leaves no implicit padding) and matches the kernel's struct field for field.
+// SAFETY: RowArgs is #[repr(C)], Copy, holds only i64/i32/f32 fields (no pointers), has no implicit padding
+// (8 + 8·4 = 40 bytes, asserted above; `padding` fills the tail) and matches the kernel's struct field for
+// field.
 unsafe impl DeviceRepr for RowArgs {}
 
 /// Lanes per row: the smallest power of two giving each lane at most 4 bins, at most a warp
@@ -55,7 +56,7 @@ fn row_args(rows: usize, bins: usize, group: usize) -> RowArgs {
         loss_coef: 1.0,
         grad_coef: 1.0,
         upstream_per_row: 1,
-        padding: 0,
+        padding: [0; 2],
     }
 }
 

@@ -40,6 +40,20 @@
 //! Non-finite logits are not rejected (that would cost a full pass): they give NaN losses and gradients, as in
 //! PyTorch. DFL targets are validated on the host (finite, `0 ≤ y < n` in the compute precision), so a target
 //! that rounds up to `n` in f32 is an error rather than an out-of-range bin.
+//!
+//! ```
+//! use detkd::ops::dist_kl::{integral, kd_kl_div_fused, IntegralConfig, KdKlConfig, LossWeighting};
+//! use detkd::Tensor;
+//!
+//! // 2 locations × 4 sides, 17 bins: the student is uniform, the teacher peaks at bin 5.
+//! let student = Tensor::from_vec(vec![0.0f32; 8 * 17], &[8, 17])?;
+//! let teacher = Tensor::from_vec((0..8 * 17).map(|i| if i % 17 == 5 { 40.0f32 } else { 0.0 }).collect(), &[8, 17])?;
+//! let ld = kd_kl_div_fused(&student, &teacher, LossWeighting::NONE, &KdKlConfig::ld(), 1.0)?;
+//! assert_eq!((ld.loss.shape(), ld.grad.shape()), (&[][..], &[8, 17][..]));
+//! let sides = integral(&teacher.reshape(&[2, 4, 17])?, &IntegralConfig::default())?;
+//! assert_eq!(sides.shape(), &[2, 4]);
+//! # Ok::<(), detkd::Error>(())
+//! ```
 
 mod cpu;
 #[cfg(feature = "cuda")]
