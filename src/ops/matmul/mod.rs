@@ -172,7 +172,10 @@ fn check(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Dims, 
     }
     // The CUDA grid has ceil(M/64) blocks in y, at most 65535.
     if m.div_ceil(64) > u16::MAX as usize {
-        return Err(Error::invalid("a", format!("M = {m} exceeds 65535·64 rows")));
+        return Err(Error::invalid(
+            "a",
+            format!("M = {m} exceeds 65535·64 rows"),
+        ));
     }
     if batch > u16::MAX as usize {
         return Err(Error::invalid("a", format!("batch {batch} exceeds 65535")));
