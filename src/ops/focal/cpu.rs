@@ -157,9 +157,17 @@ impl<T: Real> Problem<'_, T> {
         self.logits.len()
     }
 
-    /// Unweighted loss and derivative of element `i`.
+    /// Columns per row: C for the label forms, 1 for torchvision (one "row" per element).
+    fn classes(&self) -> usize {
+        match self.kind {
+            Kind::Torchvision { .. } => 1,
+            Kind::Mmcv { classes, .. } | Kind::Quality { classes, .. } => classes,
+        }
+    }
+
+    /// Unweighted loss and derivative of element `i` = (`row`, `col`).
     #[inline]
-    fn element(&self, i: usize) -> (T, T) {
+    fn element(&self, i: usize, row: usize, col: usize) -> (T, T) {
         let x = self.logits[i];
         match self.kind {
             Kind::Torchvision {
@@ -170,22 +178,16 @@ impl<T: Real> Problem<'_, T> {
             } => torchvision_element(x, targets[i], alpha, gamma, use_alpha),
             Kind::Mmcv {
                 labels,
-                classes,
                 alpha,
                 gamma,
                 ..
-            } => {
-                let (row, col) = (i / classes, i % classes);
-                mmcv_element(x, labels[row] == col as i64, alpha, gamma)
-            }
+            } => mmcv_element(x, labels[row] == col as i64, alpha, gamma),
             Kind::Quality {
                 labels,
-                classes,
                 scores,
                 beta,
                 ..
             } => {
-                let (row, col) = (i / classes, i % classes);
                 let y = if labels[row] == col as i64 {
                     scores[row]
                 } else {
@@ -196,19 +198,18 @@ impl<T: Real> Problem<'_, T> {
         }
     }
 
-    /// The factor element `i`'s loss is multiplied by: mmcv's `weight[label]` (1 for background rows),
+    /// The factor the losses of `row` are multiplied by: mmcv's `weight[label]` (1 for background rows),
     /// QFL's per-anchor weight, else 1.
     #[inline]
-    fn weight(&self, i: usize) -> T {
+    fn weight(&self, row: usize) -> T {
         match self.kind {
-            Kind::Torchvision { .. } => T::one(),
             Kind::Mmcv {
                 labels,
                 classes,
                 weight: Some(w),
                 ..
             } => {
-                let label = labels[i / classes];
+                let label = labels[row];
                 if label >= 0 && (label as usize) < classes {
                     w[label as usize]
                 } else {
@@ -216,11 +217,28 @@ impl<T: Real> Problem<'_, T> {
                 }
             }
             Kind::Quality {
-                classes,
-                weight: Some(w),
-                ..
-            } => w[i / classes],
+                weight: Some(w), ..
+            } => w[row],
             _ => T::one(),
+        }
+    }
+
+    /// Calls `f(i, row, col)` for the elements `first..first + count`, tracking `(row, col)` without a
+    /// division per element.
+    #[inline]
+    fn walk(&self, first: usize, count: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let classes = self.classes();
+        if count == 0 {
+            return;
+        }
+        let (mut row, mut col) = (first / classes, first % classes);
+        for i in first..first + count {
+            f(i, row, col);
+            col += 1;
+            if col == classes {
+                col = 0;
+                row += 1;
+            }
         }
     }
 }
@@ -230,20 +248,24 @@ impl<T: Real> Problem<'_, T> {
 pub(crate) fn losses<T: Real>(problem: &Problem<'_, T>, group: usize) -> Vec<T> {
     let n = problem.len();
     if group == 1 {
-        return (0..n)
-            .into_par_iter()
-            .map(|i| problem.element(i).0 * problem.weight(i))
-            .collect();
+        let mut out = vec![T::zero(); n];
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                problem.walk(c * CHUNK, chunk.len(), |i, row, col| {
+                    chunk[i - c * CHUNK] = problem.element(i, row, col).0 * problem.weight(row);
+                });
+            });
+        return out;
     }
     (0..n / group)
         .into_par_iter()
         .map(|row| {
-            let first = row * group;
             let mut sum = T::zero();
-            for i in first..first + group {
-                sum = sum + problem.element(i).0;
+            for col in 0..group {
+                sum = sum + problem.element(row * group + col, row, col).0;
             }
-            sum * problem.weight(first)
+            sum * problem.weight(row)
         })
         .collect()
 }
@@ -255,9 +277,10 @@ pub(crate) fn loss_sum<T: Real>(problem: &Problem<'_, T>) -> f64 {
         .into_par_iter()
         .map(|c| {
             let mut sum = 0.0f64;
-            for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                sum += (problem.element(i).0 * problem.weight(i)).to_f64();
-            }
+            let first = c * CHUNK;
+            problem.walk(first, CHUNK.min(n - first), |i, row, col| {
+                sum += (problem.element(i, row, col).0 * problem.weight(row)).to_f64();
+            });
             sum
         })
         .collect();
@@ -282,14 +305,15 @@ pub(crate) fn gradient<T: Real>(
     grad.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(c, chunk)| {
-            for (k, g) in chunk.iter_mut().enumerate() {
-                let i = c * CHUNK + k;
+            let first = c * CHUNK;
+            problem.walk(first, chunk.len(), |i, row, col| {
                 let u = match upstream {
-                    Upstream::PerOutput(values) => values[i / group],
+                    // group is C (QFL, per-row upstream) or 1 (per-element upstream).
+                    Upstream::PerOutput(values) => values[if group == 1 { i } else { row }],
                     Upstream::Scalar(v) => v,
                 };
-                *g = problem.element(i).1 * problem.weight(i) * u;
-            }
+                chunk[i - first] = problem.element(i, row, col).1 * problem.weight(row) * u;
+            });
         });
     grad
 }
@@ -302,13 +326,13 @@ pub(crate) fn fused<T: Real>(problem: &Problem<'_, T>, upstream: T) -> (f64, Vec
         .enumerate()
         .map(|(c, chunk)| {
             let mut sum = 0.0f64;
-            for (k, g) in chunk.iter_mut().enumerate() {
-                let i = c * CHUNK + k;
-                let (loss, d) = problem.element(i);
-                let w = problem.weight(i);
+            let first = c * CHUNK;
+            problem.walk(first, chunk.len(), |i, row, col| {
+                let (loss, d) = problem.element(i, row, col);
+                let w = problem.weight(row);
                 sum += (loss * w).to_f64();
-                *g = d * w * upstream;
-            }
+                chunk[i - first] = d * w * upstream;
+            });
             sum
         })
         .collect();
