@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | [`sigmoid_focal_loss`] (torchvision) | `α_t · BCE(x, t) · (1 − p_t)^γ`, `p_t = p·t + (1 − p)(1 − t)`, `α_t = α·t + (1 − α)(1 − t)` if `α ≥ 0` else 1 | logits' shape, or a scalar (mean over all elements) |
 //! | [`sigmoid_focal_loss_mmcv`] | positive column (`c == label`): `−α (1 − p)^γ · log(max(p, FLT_MIN))`; other columns: `−(1 − α) p^γ · log(max(1 − p, FLT_MIN))`; times `weight[label]` | `[N, C]`, or a scalar (`mean` divides by N) |
-//! | [`quality_focal_loss`] (GFL) | `BCE(x, y) · |y − p|^β`, `y` = IoU score at the label's column, 0 elsewhere; summed over classes | `[N]`, or a scalar (mean over anchors, or `sum / (avg_factor + ε)`) |
+//! | [`quality_focal_loss`] (GFL) | `BCE(x, y) · abs(y − p)^β`, `y` = IoU score at the label's column, 0 elsewhere; summed over classes | `[N]`, or a scalar (mean over anchors, or `sum / (avg_factor + ε)`) |
 //!
 //! Differentiable input: the logits only. Targets, labels, scores and weights are constants (teacher-side
 //! or assigner outputs) and get no gradient. The gradients are the closed forms of methods.md §6.7:
