@@ -394,7 +394,7 @@ fn cuda_matches_cpu_on_random_shapes() {
                     let want =
                         sigmoid_focal_loss_fused(&w_logits, &w_targets, &cfg, g_value).unwrap();
                     check.close("tv fused loss", &got.loss, &want.loss);
-                    check.close("tv fused grad", &got.grad_logits, &want.grad_logits);
+                    check.close("tv fused grad", &got.grad, &want.grad);
                 }
 
                 // mmcv, with and without the per-class weight
@@ -441,7 +441,7 @@ fn cuda_matches_cpu_on_random_shapes() {
                             sigmoid_focal_loss_mmcv_fused(&w_logits, &labels, ww, &cfg, g_value)
                                 .unwrap();
                         check.close("mmcv fused loss", &got.loss, &want.loss);
-                        check.close("mmcv fused grad", &got.grad_logits, &want.grad_logits);
+                        check.close("mmcv fused grad", &got.grad, &want.grad);
                     }
                 }
 
@@ -499,7 +499,7 @@ fn cuda_matches_cpu_on_random_shapes() {
                         )
                         .unwrap();
                         check.close("qfl fused loss", &got.loss, &want.loss);
-                        check.close("qfl fused grad", &got.grad_logits, &want.grad_logits);
+                        check.close("qfl fused grad", &got.grad, &want.grad);
                     }
                 }
             }
@@ -536,21 +536,21 @@ fn cuda_extreme_logits_are_finite() {
             };
             let r = sigmoid_focal_loss_fused(&logits, &targets, &tv, 1.0).unwrap();
             finite("tv loss", &r.loss);
-            finite("tv grad", &r.grad_logits);
+            finite("tv grad", &r.grad);
             let mm = MmcvFocalConfig {
                 reduction,
                 ..Default::default()
             };
             let r = sigmoid_focal_loss_mmcv_fused(&logits, &labels, None, &mm, 1.0).unwrap();
             finite("mmcv loss", &r.loss);
-            finite("mmcv grad", &r.grad_logits);
+            finite("mmcv grad", &r.grad);
             let q = QualityFocalConfig {
                 reduction,
                 ..Default::default()
             };
             let r = quality_focal_loss_fused(&logits, &labels, &scores, None, &q, 1.0).unwrap();
             finite("qfl loss", &r.loss);
-            finite("qfl grad", &r.grad_logits);
+            finite("qfl grad", &r.grad);
         }
         let none = QualityFocalConfig {
             reduction: Reduction::None,
@@ -606,7 +606,7 @@ fn cuda_reduced_losses_are_bitwise_reproducible() {
         let r = quality_focal_loss_fused(&logits, &labels, &scores, None, &Default::default(), 1.0)
             .unwrap();
         let m = sigmoid_focal_loss_mmcv(&logits, &labels, None, &Default::default()).unwrap();
-        (bits(&r.loss), bits(&r.grad_logits), bits(&m))
+        (bits(&r.loss), bits(&r.grad), bits(&m))
     };
     let first = run();
     for _ in 0..3 {
@@ -640,12 +640,7 @@ fn cuda_grid_stride_covers_large_inputs() {
     )
     .unwrap();
     assert_close("large loss", &vals(&got.loss), &vals(&want.loss), 1e-5);
-    assert_close(
-        "large grad",
-        &vals(&got.grad_logits),
-        &vals(&want.grad_logits),
-        1e-6,
-    );
+    assert_close("large grad", &vals(&got.grad), &vals(&want.grad), 1e-6);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use super::{function, grid_for, Module};
 use crate::error::{Error, Result};
-use crate::tensor::{CudaDevice, CudaElement, Tensor};
+use crate::tensor::{CudaData, CudaDevice, CudaElement, Tensor};
 use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits};
 
 fn device_error(t: &Tensor, arg: &str, dev: &CudaDevice) -> Error {
@@ -64,8 +64,6 @@ pub(crate) fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
         .map_err(Error::cuda(format!("allocating {n} elements")))
 }
 
-// Used by the fused loss kernels (focal, distribution KL, similarity).
-#[allow(dead_code)]
 /// Sums per-block partial results (one f32 per block of a `grid_for(n)` launch, written with
 /// `detkd::block_reduce_sum`) into one f32, in a fixed order: the scalar is bitwise reproducible.
 pub(crate) fn sum_partials(dev: &CudaDevice, partials: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
@@ -79,5 +77,32 @@ pub(crate) fn sum_partials(dev: &CudaDevice, partials: &CudaSlice<f32>) -> Resul
     // SAFETY: sum_partials_f32(const float* partials, int64 n, float* out) reads n floats (the buffer's
     // length) and writes out[0]; one block of BLOCK threads is what it expects.
     unsafe { lb.launch(cfg) }.map_err(Error::cuda("sum_partials_f32"))?;
+    Ok(out)
+}
+
+/// An f32 buffer converted to the storage dtype `T` (f32 accumulators of a half-precision op); for `T = f32`
+/// the buffer is returned as it is, without a launch.
+pub(crate) fn f32_into<T: CudaElement>(
+    dev: &CudaDevice,
+    acc: CudaSlice<f32>,
+) -> Result<CudaSlice<T>> {
+    let acc = match T::into_device_slice(CudaData::F32(acc)) {
+        Ok(done) => return Ok(done),
+        Err(CudaData::F32(acc)) => acc,
+        Err(_) => return Err(Error::invalid("accumulator", "expected an f32 buffer")),
+    };
+    let n = acc.len();
+    let mut out = alloc_zeros::<T>(dev, n)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let kernel = format!("f32_to_{}", T::KERNEL_SUFFIX);
+    let func = function(dev, Module::Accumulate, &kernel)?;
+    let n_i64 = n as i64;
+    let mut lb = dev.stream().launch_builder(&func);
+    lb.arg(&acc).arg(&n_i64).arg(&mut out);
+    // SAFETY: f32_to_<T>(const float* src, int64 n, T* out) reads n floats of acc and writes n elements of
+    // out; both buffers hold n elements.
+    unsafe { lb.launch(grid_for(n)) }.map_err(Error::cuda(kernel))?;
     Ok(out)
 }

@@ -15,10 +15,9 @@ mod module;
 mod buffers;
 
 #[cfg(feature = "cuda")]
-#[allow(unused_imports)] // sum_partials and BLOCK serve the fused loss kernels
-pub(crate) use buffers::{alloc_zeros, input_slice, output_slice, sum_partials};
+pub(crate) use buffers::{alloc_zeros, f32_into, input_slice, output_slice, sum_partials};
 #[cfg(feature = "cuda")]
-#[allow(unused_imports)]
+#[allow(unused_imports)] // BLOCK: for kernels whose launch shape depends on the block size
 pub(crate) use launch::{grid_for, BLOCK, NULL_DEVICE_PTR};
 #[cfg(feature = "cuda")]
 pub(crate) use module::{function, Module};

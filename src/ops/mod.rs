@@ -4,6 +4,7 @@
 pub mod dist_kl;
 pub mod focal;
 pub mod graph_conv;
+pub mod loss;
 pub mod matmul;
 pub mod prototype;
 pub mod roi_align;

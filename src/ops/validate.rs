@@ -79,7 +79,7 @@ pub(crate) fn same_dtype(tensors: &[(&str, &Tensor)]) -> Result<DType> {
 }
 
 /// Every value must be finite; the message gives the first offending index.
-#[allow(dead_code)] // for the loss ops (targets, boxes)
+#[allow(dead_code)] // for ops with finite-valued inputs (targets, boxes, adjacency)
 pub(crate) fn finite(values: &[f64], arg: &str) -> Result<()> {
     match values.iter().position(|v| !v.is_finite()) {
         None => Ok(()),

@@ -64,7 +64,10 @@ fn push_fused(
             grad_out.shape(),
         ));
     };
-    let LossAndGrad { loss, grad_logits } = fused(value)?;
+    let LossAndGrad {
+        loss,
+        grad: grad_logits,
+    } = fused(value)?;
     results.push(("fused_output".into(), loss));
     results.push(("fused_grad_logits".into(), grad_logits));
     Ok(())

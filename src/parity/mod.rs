@@ -108,7 +108,6 @@ pub(crate) struct ParityInputs<'a> {
     dtype: Option<DType>,
 }
 
-#[allow(dead_code)] // the whole toolbox is shared by every op family
 impl ParityInputs<'_> {
     /// A float data input, cast to the file's `dtype` (if given) and moved to the target device.
     pub fn data(&self, name: &str) -> Result<Tensor> {

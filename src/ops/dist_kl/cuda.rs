@@ -3,7 +3,7 @@
 
 use super::{Inputs, IntegralPlan, LossKind, LossPlan, Reduction};
 use crate::cuda::{
-    alloc_zeros, function, grid_for, input_slice, output_slice, sum_partials, Module,
+    alloc_zeros, f32_into, function, grid_for, input_slice, output_slice, sum_partials, Module,
     NULL_DEVICE_PTR,
 };
 use crate::error::{Error, Result};
@@ -211,7 +211,7 @@ fn loss_typed<T: CudaElement>(
         Some(partials) => {
             let total = sum_partials(dev, &partials)?;
             Ok(Some(Tensor::from_cuda_slice(
-                f32_to::<T>(dev, total)?,
+                f32_into::<T>(dev, total)?,
                 &[],
                 dev,
             )?))
@@ -272,24 +272,4 @@ fn integral_typed<T: CudaElement>(
     // that logits and grad hold R*B elements and upstream / out R; the kernel touches rows < R only.
     unsafe { lb.launch(cfg) }.map_err(Error::cuda(kernel))?;
     Ok(())
-}
-
-/// f32 scalar -> storage dtype; for f32 the buffer already is the result.
-fn f32_to<T: CudaElement>(dev: &CudaDevice, acc: CudaSlice<f32>) -> Result<CudaSlice<T>> {
-    let acc = match T::into_device_slice(CudaData::F32(acc)) {
-        Ok(done) => return Ok(done),
-        Err(CudaData::F32(acc)) => acc,
-        Err(_) => return Err(Error::invalid("loss", "expected an f32 buffer")),
-    };
-    let n = acc.len();
-    let mut out = alloc_zeros::<T>(dev, n)?;
-    let kernel = format!("f32_to_{}", T::KERNEL_SUFFIX);
-    let func = function(dev, Module::Accumulate, &kernel)?;
-    let n_i64 = n as i64;
-    let mut lb = dev.stream().launch_builder(&func);
-    lb.arg(&acc).arg(&n_i64).arg(&mut out);
-    // SAFETY: f32_to_<T>(const float* src, int64 n, T* out) reads n floats of acc and writes n elements of
-    // out; both buffers hold n elements.
-    unsafe { lb.launch(grid_for(n)) }.map_err(Error::cuda(kernel))?;
-    Ok(out)
 }

@@ -59,6 +59,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
+pub use super::loss::{LossAndGrad, Reduction, AVG_FACTOR_EPS};
 use super::validate;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Element, HostElement, Real, Tensor};
@@ -68,41 +69,6 @@ pub const GFL_REG_MAX: usize = 16;
 
 /// LD's distillation temperature (`KnowledgeDistillationKLDivLoss(T=10)`, mmdet's default too).
 pub const LD_TEMPERATURE: f64 = 10.0;
-
-/// mmdet's `torch.finfo(torch.float32).eps`, added to `avg_factor` in the mean reduction.
-pub const AVG_FACTOR_EPS: f64 = f32::EPSILON as f64;
-
-/// How the per-row losses are reduced (mmdet's `reduction`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Reduction {
-    /// One loss per row, `[R]`.
-    None,
-    /// The sum over rows, a scalar (shape `[]`).
-    Sum,
-    /// The sum over rows divided by `R`, or by `avg_factor + ε` when given; a scalar (shape `[]`).
-    #[default]
-    Mean,
-}
-
-impl Reduction {
-    pub fn name(self) -> &'static str {
-        match self {
-            Reduction::None => "none",
-            Reduction::Sum => "sum",
-            Reduction::Mean => "mean",
-        }
-    }
-
-    /// Parses `none`, `sum`, `mean` (mmdet's names).
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "none" => Some(Reduction::None),
-            "sum" => Some(Reduction::Sum),
-            "mean" => Some(Reduction::Mean),
-            _ => None,
-        }
-    }
-}
 
 /// The per-row normaliser `c` of the KD KL (shared/spec/methods.md §6.6).
 ///
@@ -244,14 +210,6 @@ impl<'a> LossWeighting<'a> {
     pub fn new(weight: Option<&'a Tensor>, avg_factor: Option<f64>) -> Self {
         LossWeighting { weight, avg_factor }
     }
-}
-
-/// What a fused entry returns: the reduced loss (shape `[]`, the logits' dtype and device) and the gradient
-/// with respect to the student logits / predictions (their shape, dtype and device).
-#[derive(Debug)]
-pub struct LossAndGrad {
-    pub loss: Tensor,
-    pub grad: Tensor,
 }
 
 // ---------------------------------------------------------------------------------------------------------

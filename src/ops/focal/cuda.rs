@@ -245,7 +245,7 @@ pub(super) fn fused(
     grad_output: f64,
 ) -> Result<LossAndGrad> {
     match dispatch(dev, plan, inputs, None, Job::Fused { grad_output })? {
-        (Some(loss), Some(grad_logits)) => Ok(LossAndGrad { loss, grad_logits }),
+        (Some(loss), Some(grad)) => Ok(LossAndGrad { loss, grad }),
         _ => Err(Error::invalid("focal", "fused entry produced no result")),
     }
 }

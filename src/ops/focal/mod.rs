@@ -32,6 +32,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
+pub use super::loss::{LossAndGrad, Reduction, AVG_FACTOR_EPS};
 use super::validate;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Element, HostElement, Real, Tensor};
@@ -40,41 +41,6 @@ use std::borrow::Cow;
 /// `ln(FLT_MIN) = −126 · ln 2 ≈ −87.3365`: mmcv clamps `p` and `1 − p` at `FLT_MIN` before taking logs,
 /// so its log terms never go below this.
 pub const LOG_FLT_MIN: f64 = -126.0 * std::f64::consts::LN_2;
-
-/// `torch.finfo(torch.float32).eps`, which mmdet adds to `avg_factor` before dividing.
-pub const AVG_FACTOR_EPS: f64 = f32::EPSILON as f64;
-
-/// How per-element (or per-anchor) losses are reduced, as in PyTorch's `reduction=` argument.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reduction {
-    /// No reduction: the loss has the shape of the per-element (per-anchor for QFL) losses.
-    None,
-    /// The sum divided by the form's count (see each config).
-    Mean,
-    /// The sum.
-    Sum,
-}
-
-impl Reduction {
-    /// `none`, `mean` or `sum`, as in PyTorch.
-    pub fn name(self) -> &'static str {
-        match self {
-            Reduction::None => "none",
-            Reduction::Mean => "mean",
-            Reduction::Sum => "sum",
-        }
-    }
-
-    /// Parses the names printed by [`Reduction::name`].
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "none" => Some(Reduction::None),
-            "mean" => Some(Reduction::Mean),
-            "sum" => Some(Reduction::Sum),
-            _ => None,
-        }
-    }
-}
 
 /// torchvision's `sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none")`.
 ///
@@ -159,14 +125,6 @@ impl Default for QualityFocalConfig {
             avg_factor: None,
         }
     }
-}
-
-/// The result of a fused entry: the reduced loss (a scalar of the logits' dtype, on their device) and
-/// `grad_output · d loss / d logits` (the logits' shape, dtype and device).
-#[derive(Debug)]
-pub struct LossAndGrad {
-    pub loss: Tensor,
-    pub grad_logits: Tensor,
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -647,7 +605,7 @@ fn fused(plan: &Plan, inputs: &Inputs<'_>, grad_output: f64) -> Result<LossAndGr
     if plan.numel() == 0 {
         return Ok(LossAndGrad {
             loss: scalar(0.0 / plan.divisor, dtype, &device)?,
-            grad_logits: Tensor::zeros(&plan.logits_shape, dtype, &device)?,
+            grad: Tensor::zeros(&plan.logits_shape, dtype, &device)?,
         });
     }
     match &device {
@@ -790,7 +748,7 @@ fn cpu_fused(
         let (sum, grad) = cpu::fused(&problem, upstream);
         Ok(LossAndGrad {
             loss: scalar(sum / plan.divisor, dtype, &Device::Cpu)?,
-            grad_logits: Tensor::from_vec(grad, &plan.logits_shape)?.into_dtype(dtype)?,
+            grad: Tensor::from_vec(grad, &plan.logits_shape)?.into_dtype(dtype)?,
         })
     })
 }

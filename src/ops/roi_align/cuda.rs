@@ -3,7 +3,7 @@
 
 use super::{Plan, MAX_LEVELS};
 use crate::cuda::{
-    alloc_zeros, function, grid_for, input_slice, output_slice, Module, NULL_DEVICE_PTR,
+    alloc_zeros, f32_into, function, grid_for, input_slice, output_slice, Module, NULL_DEVICE_PTR,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{CudaData, CudaDevice, CudaElement, Tensor};
@@ -189,7 +189,7 @@ fn backward_typed<T: CudaElement>(
         let kernel = format!("roi_align_backward_atomic_{}", T::KERNEL_SUFFIX);
         launch_scatter(dev, &device_plan, grad, total, &kernel, None, &mut acc)?;
         acc.into_iter()
-            .map(|a| f32_to::<T>(dev, a))
+            .map(|a| f32_into::<T>(dev, a))
             .collect::<Result<_>>()?
     };
     grads
@@ -275,28 +275,6 @@ fn fixed_point_to<T: CudaElement>(
         .arg(&max_terms)
         .arg(&mut out);
     // SAFETY: fixed_point_to_<T> reads n u64 of acc and one u32, writes n elements of out (all length n).
-    unsafe { lb.launch(grid_for(n)) }.map_err(Error::cuda(kernel))?;
-    Ok(out)
-}
-
-/// f32 accumulator -> storage dtype; for f32 storage the accumulator already is the result.
-fn f32_to<T: CudaElement>(dev: &CudaDevice, acc: CudaSlice<f32>) -> Result<CudaSlice<T>> {
-    let acc = match T::into_device_slice(CudaData::F32(acc)) {
-        Ok(done) => return Ok(done),
-        Err(CudaData::F32(acc)) => acc,
-        Err(_) => return Err(Error::invalid("accumulator", "expected an f32 buffer")),
-    };
-    let n = acc.len();
-    let mut out = alloc_zeros::<T>(dev, n)?;
-    if n == 0 {
-        return Ok(out);
-    }
-    let kernel = format!("f32_to_{}", T::KERNEL_SUFFIX);
-    let func = function(dev, Module::Accumulate, &kernel)?;
-    let n_i64 = n as i64;
-    let mut lb = dev.stream().launch_builder(&func);
-    lb.arg(&acc).arg(&n_i64).arg(&mut out);
-    // SAFETY: f32_to_<T> reads n floats of acc and writes n elements of out (both length n).
     unsafe { lb.launch(grid_for(n)) }.map_err(Error::cuda(kernel))?;
     Ok(out)
 }
