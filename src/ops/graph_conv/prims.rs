@@ -9,7 +9,7 @@ use super::cpu;
 #[cfg(feature = "cuda")]
 use super::cuda;
 use crate::error::Result;
-use crate::tensor::{DType, Device, Tensor};
+use crate::tensor::{DType, Device, Element, Tensor};
 use std::ops::Deref;
 
 /// The dtype intermediates are kept in for a storage dtype: f64 stays f64, f32/f16/bf16 compute in f32.
@@ -86,7 +86,7 @@ pub(super) fn degrees(a: &Tensor, m: usize, s_shape: &[usize]) -> Result<(Vec<f6
         Device::Cpu => with_compute_type!(a.dtype(), R => {
             let (degree, inv_sqrt) = cpu::degrees::<R>(&a.host_values::<R>()?, m);
             Ok((
-                degree.iter().map(|&d| d as f64).collect(),
+                degree.iter().map(|&d| d.to_f64()).collect(),
                 Tensor::from_vec(inv_sqrt, s_shape)?,
             ))
         }),
@@ -100,7 +100,7 @@ pub(super) fn degrees(a: &Tensor, m: usize, s_shape: &[usize]) -> Result<(Vec<f6
 /// The first non-finite element of a host `a` viewed as `[batch, m, m]`, as `(b, p, q, value)`.
 pub(super) fn first_non_finite(a: &Tensor, m: usize) -> Result<Option<(usize, usize, usize, f64)>> {
     with_compute_type!(a.dtype(), R => Ok(
-        cpu::first_non_finite::<R>(&a.host_values::<R>()?, m).map(|(b, p, q, v)| (b, p, q, v as f64))
+        cpu::first_non_finite::<R>(&a.host_values::<R>()?, m).map(|(b, p, q, v)| (b, p, q, v.to_f64()))
     ))
 }
 
