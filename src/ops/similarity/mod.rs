@@ -25,7 +25,10 @@
 //!   distance is exactly 0 — clamped pairs and coincident points: the subgradient 0 at the kink of `√·`,
 //!   which is also what `torch.cdist`'s backward gives there. Self mode (`y = None`) is the distance of the
 //!   rows of `x` to each other: the diagonal is exactly 0 (not rounding noise) with gradient 0, and the
-//!   gradient counts both roles of every row (`G'` is replaced by `G' + G'ᵀ`).
+//!   gradient counts both roles of every row (`G'` is replaced by `G' + G'ᵀ`). In cross mode two identical
+//!   points get exactly 0 only when `‖x‖²` and `x·x` round identically: they do on the CPU (both summed in
+//!   the same order), not on CUDA (GEMM and row reduction sum in different orders), where such a pair gets
+//!   `√(rounding noise)` and a gradient of arbitrary direction — use self mode for distances within a set.
 //! - **Dsig edge loss** ([`dsig_edge_loss_with_grad`]): see [`DsigEdgeConfig`].
 //!
 //! # Non-finite values
@@ -84,6 +87,13 @@ pub enum Distance {
 /// image. An empty graph (`m = 0`) has loss 0, as in the official code. Gradient (student only; the teacher
 /// is detached): `G = loss_weight·(A^s − A^t)/m²`, `dV̂^s = (G + Gᵀ)V̂^s = 2GV̂^s`, then through the row
 /// normalisation, and scattered back to the selected rows of `Xs` (zeros elsewhere).
+///
+/// Magnitudes: with `m` vertices and rows of norm `r`, gradient entries are of order `1/(m²·r)` — about
+/// 1e-7 to 1e-9 at Dsig's sizes, below f16's normal range (6e-5). With f16 storage, scale the loss (a
+/// `loss_weight` of 2^10–2^16, unscaled later, as in mixed-precision training) or use bf16 or f32.
+///
+/// A student vertex that is exactly zero (e.g. a RoI pooled entirely off the map) normalises to 0 and its
+/// gradient goes through the `1/eps` branch: entries of order 1e10, exactly what PyTorch computes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DsigEdgeConfig {
     /// Normalisation epsilon (`F.normalize`'s 1e-12).
