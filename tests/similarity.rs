@@ -395,6 +395,44 @@ fn cuda_dsig_edge_loss_matches_cpu() {
 }
 
 #[test]
+fn cuda_dsig_edge_loss_at_dsig_width() {
+    // D = 256·7·7 as in Dsig: rows longer than any block-stride or tile used by the kernels.
+    let Some(gpu) = detkd::cuda::gpu_for_test("cuda_dsig_edge_loss_at_dsig_width") else {
+        return;
+    };
+    let gpu = Device::Cuda(gpu);
+    let mut rng = Rng::new(750);
+    let (rows, d) = (160, 12_544);
+    let (s, t) = (rng.normal_vec(rows * d), rng.normal_vec(rows * d));
+    let nodes: Vec<i64> = (0..rows as i64).rev().step_by(2).collect();
+    let nodes = Tensor::from_vec(nodes.clone(), &[nodes.len()]).unwrap();
+    let cfg = DsigEdgeConfig::default();
+    let (sh, th) = (
+        host(&s, &[rows, d], DType::F32),
+        host(&t, &[rows, d], DType::F32),
+    );
+    let want = dsig_edge_loss_with_grad(&f64_of(&sh), &f64_of(&th), Some(&nodes), &cfg).unwrap();
+    let got = dsig_edge_loss_with_grad(
+        &sh.to_device(&gpu).unwrap(),
+        &th.to_device(&gpu).unwrap(),
+        Some(&nodes),
+        &cfg,
+    )
+    .unwrap();
+    assert_close("loss", &vals(&got.loss), &vals(&want.loss), 1e-5);
+    assert_close(
+        "grad",
+        &vals(&got.grad_student),
+        &vals(&want.grad_student),
+        1e-4,
+    );
+    let x = sh.to_device(&gpu).unwrap();
+    let gram = cosine_gram(&x, &CosineConfig::default()).unwrap();
+    let want = cosine_gram(&f64_of(&sh), &CosineConfig::default()).unwrap();
+    assert_close("gram", &vals(&gram), &vals(&want), 1e-5);
+}
+
+#[test]
 fn cuda_results_are_bitwise_reproducible() {
     let Some(gpu) = detkd::cuda::gpu_for_test("cuda_results_are_bitwise_reproducible") else {
         return;

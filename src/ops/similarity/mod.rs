@@ -34,8 +34,9 @@
 //! # Non-finite values
 //!
 //! Nothing is checked for finiteness on the host (that would cost a device synchronisation per call);
-//! instead a NaN or infinity in any input propagates to NaN in the results that depend on it — the loss,
-//! the affected Gram rows and gradients — never to a finite wrong number.
+//! instead a NaN or infinity in any input propagates to NaN (to NaN or infinity for distances) in the
+//! results that depend on it — the loss, the affected rows of Gram matrices and gradients — never to a
+//! finite wrong number.
 
 mod cpu;
 #[cfg(feature = "cuda")]
