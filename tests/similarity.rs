@@ -368,7 +368,7 @@ fn cuda_dsig_edge_loss_matches_cpu() {
             for nodes in [nodes.as_ref(), nodes_gpu.as_ref()] {
                 let got = dsig_edge_loss_with_grad(&sg, &tg, nodes, &cfg).unwrap();
                 assert_eq!(got.loss.dtype(), DType::F32);
-                assert_eq!(got.grad_student.dtype(), dtype);
+                assert_eq!(got.grad.dtype(), dtype);
                 assert_close(
                     &format!("loss {what}"),
                     &vals(&got.loss),
@@ -377,8 +377,8 @@ fn cuda_dsig_edge_loss_matches_cpu() {
                 );
                 assert_close(
                     &format!("grad {what}"),
-                    &vals(&got.grad_student),
-                    &vals(&want.grad_student),
+                    &vals(&got.grad),
+                    &vals(&want.grad),
                     bwd_tol,
                 );
                 let loss_only = dsig_edge_loss(&sg, &tg, nodes, &cfg).unwrap();
@@ -388,7 +388,7 @@ fn cuda_dsig_edge_loss_matches_cpu() {
                     "{what}: same kernels, same bits"
                 );
                 let back = dsig_edge_loss_backward(&sg, &tg, nodes, 1.0, &cfg).unwrap();
-                assert_eq!(vals(&back), vals(&got.grad_student), "{what}");
+                assert_eq!(vals(&back), vals(&got.grad), "{what}");
             }
         }
     }
@@ -420,12 +420,7 @@ fn cuda_dsig_edge_loss_at_dsig_width() {
     )
     .unwrap();
     assert_close("loss", &vals(&got.loss), &vals(&want.loss), 1e-5);
-    assert_close(
-        "grad",
-        &vals(&got.grad_student),
-        &vals(&want.grad_student),
-        1e-4,
-    );
+    assert_close("grad", &vals(&got.grad), &vals(&want.grad), 1e-4);
     let x = sh.to_device(&gpu).unwrap();
     let gram = cosine_gram(&x, &CosineConfig::default()).unwrap();
     let want = cosine_gram(&f64_of(&sh), &CosineConfig::default()).unwrap();
@@ -451,7 +446,7 @@ fn cuda_results_are_bitwise_reproducible() {
     for _ in 0..3 {
         let again = dsig_edge_loss_with_grad(&s, &t, None, &DsigEdgeConfig::default()).unwrap();
         assert_eq!(bits(&first.loss), bits(&again.loss));
-        assert_eq!(bits(&first.grad_student), bits(&again.grad_student));
+        assert_eq!(bits(&first.grad), bits(&again.grad));
     }
 }
 
@@ -517,5 +512,5 @@ fn cuda_non_finite_values_propagate_and_bad_inputs_are_errors() {
     let none = Tensor::from_vec(Vec::<i64>::new(), &[0]).unwrap();
     let out = dsig_edge_loss_with_grad(&good, &good, Some(&none), &cfg).unwrap();
     assert_eq!(vals(&out.loss), vec![0.0]);
-    assert!(vals(&out.grad_student).iter().all(|&v| v == 0.0));
+    assert!(vals(&out.grad).iter().all(|&v| v == 0.0));
 }

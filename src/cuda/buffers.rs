@@ -54,13 +54,14 @@ fn device_error_msg(arg: &str) -> Error {
     Error::invalid(arg, "expected a CUDA tensor")
 }
 
-/// A zero-filled device buffer of `n` elements.
+/// A zero-filled device buffer of `n` elements (one element when `n = 0`: the driver rejects zero-byte
+/// allocations; callers take lengths from shapes).
 pub(crate) fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
     dev: &CudaDevice,
     n: usize,
 ) -> Result<CudaSlice<T>> {
     dev.stream()
-        .alloc_zeros::<T>(n)
+        .alloc_zeros::<T>(n.max(1))
         .map_err(Error::cuda(format!("allocating {n} elements")))
 }
 

@@ -97,7 +97,7 @@ pub(super) fn run(op: &str, inputs: &ParityInputs<'_>) -> Result<Results> {
             let out =
                 similarity::dsig_edge_loss_with_grad(&student, &teacher, nodes.as_ref(), &cfg)?;
             push("loss", out.loss);
-            push("grad_student", out.grad_student);
+            push("grad_student", out.grad);
         }
         _ => {
             return Err(Error::invalid(

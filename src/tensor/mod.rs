@@ -73,7 +73,8 @@ impl Tensor {
         device: &CudaDevice,
     ) -> Result<Tensor> {
         let n = element_count(shape)?;
-        if data.len() != n {
+        // An empty tensor may sit in a non-empty buffer (zero-byte device allocations are invalid).
+        if data.len() != n && n != 0 {
             return Err(Error::invalid(
                 "data",
                 format!(
@@ -247,9 +248,11 @@ impl Tensor {
             #[cfg(feature = "cuda")]
             (Storage::Cpu(s), Device::Cuda(dev)) => Storage::Cuda(upload(s, dev)?),
             #[cfg(feature = "cuda")]
-            (Storage::Cuda(s), Device::Cpu) => Storage::Cpu(download(s)?),
+            (Storage::Cuda(s), Device::Cpu) => Storage::Cpu(download(s, self.numel())?),
             #[cfg(feature = "cuda")]
-            (Storage::Cuda(s), Device::Cuda(dev)) => Storage::Cuda(upload(&download(s)?, dev)?),
+            (Storage::Cuda(s), Device::Cuda(dev)) => {
+                Storage::Cuda(upload(&download(s, self.numel())?, dev)?)
+            }
             #[cfg(not(feature = "cuda"))]
             (Storage::Cpu(_), Device::Cuda(dev)) => dev.unreachable(),
         };
@@ -272,10 +275,12 @@ fn convert_storage(s: &CpuStorage, dtype: DType) -> CpuStorage {
 
 #[cfg(feature = "cuda")]
 impl CudaStorage {
-    /// A zero-filled device buffer (memset on the device, no host traffic).
+    /// A zero-filled device buffer (memset on the device, no host traffic). Empty tensors get a one-element
+    /// buffer: the driver rejects zero-byte allocations, and tensor lengths come from shapes, not buffers.
     pub fn zeros(dev: &CudaDevice, dtype: DType, len: usize) -> Result<CudaStorage> {
         let stream = dev.stream();
         let err = || Error::cuda("device allocation");
+        let len = len.max(1);
         let data = match dtype {
             DType::F32 => CudaData::F32(stream.alloc_zeros(len).map_err(err())?),
             DType::F16 => CudaData::F16(stream.alloc_zeros(len).map_err(err())?),
@@ -301,6 +306,9 @@ fn f64_on_device() -> Error {
 
 #[cfg(feature = "cuda")]
 fn upload(s: &CpuStorage, dev: &CudaDevice) -> Result<CudaStorage> {
+    if s.is_empty() {
+        return CudaStorage::zeros(dev, s.dtype(), 0);
+    }
     let stream = dev.stream();
     let err = || Error::cuda("host-to-device copy");
     let data = match s {
@@ -317,15 +325,20 @@ fn upload(s: &CpuStorage, dev: &CudaDevice) -> Result<CudaStorage> {
 }
 
 #[cfg(feature = "cuda")]
-fn download(s: &CudaStorage) -> Result<CpuStorage> {
+/// The first `len` elements of a device buffer (which may be longer: see [`CudaStorage::zeros`]).
+fn download(s: &CudaStorage, len: usize) -> Result<CpuStorage> {
     let stream = s.device.stream();
     let err = || Error::cuda("device-to-host copy");
+    if len == 0 {
+        return Ok(CpuStorage::zeros(s.data.dtype(), 0));
+    }
     Ok(match &s.data {
         CudaData::F32(v) => CpuStorage::F32(stream.clone_dtoh(v).map_err(err())?),
         CudaData::F16(v) => CpuStorage::F16(stream.clone_dtoh(v).map_err(err())?),
         CudaData::BF16(v) => CpuStorage::BF16(stream.clone_dtoh(v).map_err(err())?),
         CudaData::I64(v) => CpuStorage::I64(stream.clone_dtoh(v).map_err(err())?),
-    })
+    }
+    .truncated(len))
 }
 
 #[cfg(test)]

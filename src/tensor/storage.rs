@@ -56,6 +56,13 @@ impl CpuStorage {
         }
     }
 
+    /// The first `len` elements (all of them if there are fewer).
+    pub fn truncated(self, len: usize) -> Self {
+        let mut s = self;
+        with_cpu_storage!(&mut s, v => v.truncate(len));
+        s
+    }
+
     /// Converts every element to `T` (through f64, which represents every supported dtype exactly).
     pub fn to_vec_of<T: Element>(&self) -> Vec<T> {
         with_cpu_storage!(self, v => v.iter().map(|x| T::from_f64(x.to_f64())).collect())

@@ -43,6 +43,7 @@ mod cpu;
 mod cuda;
 mod primitives;
 
+pub use super::loss::LossAndGrad;
 use super::matmul::{matmul, matmul_into};
 use super::validate;
 use crate::error::{Error, Result};
@@ -111,15 +112,6 @@ impl Default for DsigEdgeConfig {
             loss_weight: 1.0,
         }
     }
-}
-
-/// The fused edge loss: the scalar loss and its gradient with respect to the student's features.
-#[derive(Debug)]
-pub struct EdgeLoss {
-    /// Shape `[]`: f64 for f64 features, f32 otherwise (also for half storage), on the features' device.
-    pub loss: Tensor,
-    /// `[M, D]`, the student's dtype and device; zero on rows outside `nodes`.
-    pub grad_student: Tensor,
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -373,17 +365,21 @@ pub fn dsig_edge_loss_backward(
 
 /// [`dsig_edge_loss`] and its gradient with respect to `student` in one pass: the two Gram matrices are
 /// built once, one kernel produces the loss and the gradient matrix `2G`, and one more product plus the
-/// normalisation backward give `dXs`.
+/// normalisation backward give `dXs`. The loss has shape `[]` (f64 for f64 features, f32 otherwise); the
+/// gradient is `[M, D]` in the student's dtype, zero on rows outside `nodes`.
 pub fn dsig_edge_loss_with_grad(
     student: &Tensor,
     teacher: &Tensor,
     nodes: Option<&Tensor>,
     cfg: &DsigEdgeConfig,
-) -> Result<EdgeLoss> {
+) -> Result<LossAndGrad> {
     let (loss, grad) = edge_loss(student, teacher, nodes, cfg, Some(1.0))?;
     let grad_student =
         grad.ok_or_else(|| Error::invalid("student", "gradient was not computed"))?;
-    Ok(EdgeLoss { loss, grad_student })
+    Ok(LossAndGrad {
+        loss,
+        grad: grad_student,
+    })
 }
 
 /// Shared body of the edge-loss entries; computes the gradient when `grad_loss` is given.

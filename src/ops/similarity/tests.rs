@@ -233,7 +233,7 @@ fn dsig_edge_loss_matches_its_composition() {
     };
     let fused = dsig_edge_loss_with_grad(&student, &teacher, Some(&nodes), &cfg).unwrap();
     assert_eq!(fused.loss.shape(), &[] as &[usize]);
-    assert_eq!(fused.grad_student.shape(), &shape);
+    assert_eq!(fused.grad.shape(), &shape);
 
     let gather = |v: &[f64]| -> Tensor {
         let rows: Vec<f64> = selected
@@ -265,18 +265,18 @@ fn dsig_edge_loss_matches_its_composition() {
     for (r, &row) in selected.iter().enumerate() {
         want[row * 11..(row + 1) * 11].copy_from_slice(&dx[r * 11..(r + 1) * 11]);
     }
-    assert_close("grad", &values(&fused.grad_student), &want, 1e-12);
+    assert_close("grad", &values(&fused.grad), &want, 1e-12);
 
     // The unfused pair agrees with the fused entry, and the backward scales with grad_loss.
     let loss_only = dsig_edge_loss(&student, &teacher, Some(&nodes), &cfg).unwrap();
     assert_eq!(values(&loss_only), values(&fused.loss));
     let back = dsig_edge_loss_backward(&student, &teacher, Some(&nodes), 1.0, &cfg).unwrap();
-    assert_eq!(values(&back), values(&fused.grad_student));
+    assert_eq!(values(&back), values(&fused.grad));
     let half = dsig_edge_loss_backward(&student, &teacher, Some(&nodes), 0.5, &cfg).unwrap();
     let want_half: Vec<f64> = values(&back).iter().map(|v| v * 0.5).collect();
     assert_close("grad_loss scaling", &values(&half), &want_half, 1e-15);
     // Rows outside `nodes` get exactly zero.
-    let grad = values(&fused.grad_student);
+    let grad = values(&fused.grad);
     for row in [2, 5, 7] {
         assert!(
             grad[row * 11..(row + 1) * 11].iter().all(|&v| v == 0.0),
@@ -471,7 +471,7 @@ fn half_storage_matches_f32_compute_on_cpu() {
             &values(&want.loss),
             tol,
         );
-        cmp("edge grad", got.grad_student, want.grad_student);
+        cmp("edge grad", got.grad, want.grad);
     }
 }
 
@@ -516,12 +516,12 @@ fn empty_inputs_give_empty_or_zero_results() {
     let none = Tensor::from_vec(Vec::<i64>::new(), &[0]).unwrap();
     let out = dsig_edge_loss_with_grad(&s, &t, Some(&none), &Default::default()).unwrap();
     assert_eq!(values(&out.loss), vec![0.0]);
-    assert_eq!(out.grad_student.shape(), &[4, 3]);
-    assert!(values(&out.grad_student).iter().all(|&v| v == 0.0));
+    assert_eq!(out.grad.shape(), &[4, 3]);
+    assert!(values(&out.grad).iter().all(|&v| v == 0.0));
     let zero_rows = tensor(vec![], &[0, 3]);
     let out = dsig_edge_loss_with_grad(&zero_rows, &zero_rows, None, &Default::default()).unwrap();
     assert_eq!(
-        (values(&out.loss), out.grad_student.shape()),
+        (values(&out.loss), out.grad.shape()),
         (vec![0.0], &[0, 3][..])
     );
 }
@@ -589,7 +589,7 @@ fn results_are_deterministic() {
     for _ in 0..3 {
         let b = dsig_edge_loss_with_grad(&x, &t, None, &Default::default()).unwrap();
         assert_eq!(bits(&a.loss), bits(&b.loss));
-        assert_eq!(bits(&a.grad_student), bits(&b.grad_student));
+        assert_eq!(bits(&a.grad), bits(&b.grad));
     }
 }
 
