@@ -6,6 +6,7 @@ pub mod focal;
 pub mod graph_conv;
 pub mod loss;
 pub mod matmul;
+pub mod optim;
 pub mod prototype;
 pub mod roi_align;
 pub mod similarity;

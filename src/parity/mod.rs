@@ -9,6 +9,7 @@
 mod dist_kl;
 mod focal;
 mod graph_conv;
+mod optim;
 mod prototype;
 mod roi_align;
 mod similarity;
@@ -53,6 +54,10 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: dist_kl::OPS,
         run: dist_kl::run,
+    },
+    Family {
+        ops: optim::OPS,
+        run: optim::run,
     },
 ];
 

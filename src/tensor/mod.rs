@@ -181,6 +181,31 @@ impl Tensor {
         })
     }
 
+    /// The elements of a host tensor of dtype `T`, mutably, without copying (in-place updates such as an
+    /// optimizer step on the CPU).
+    pub fn as_mut_slice<T: HostElement>(&mut self) -> Result<&mut [T]> {
+        let (device, dtype) = (self.device(), self.dtype());
+        let storage = self.cpu_storage_mut().ok_or_else(|| Error::Device {
+            arg: "tensor".into(),
+            expected: "cpu".into(),
+            got: device.to_string(),
+        })?;
+        T::slice_mut(storage).ok_or_else(|| Error::DType {
+            arg: "tensor".into(),
+            expected: T::DTYPE.to_string(),
+            got: dtype.to_string(),
+        })
+    }
+
+    /// The host buffer, mutably, if this tensor lives on the host.
+    pub fn cpu_storage_mut(&mut self) -> Option<&mut CpuStorage> {
+        match &mut self.storage {
+            Storage::Cpu(s) => Some(s),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => None,
+        }
+    }
+
     /// Copies the elements to a host vector, converting them to `T` (exact for widening conversions).
     pub fn to_vec<T: HostElement>(&self) -> Result<Vec<T>> {
         match &self.storage {

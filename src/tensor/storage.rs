@@ -73,6 +73,7 @@ impl CpuStorage {
 pub trait HostElement: Element {
     fn wrap(data: Vec<Self>) -> CpuStorage;
     fn slice(storage: &CpuStorage) -> Option<&[Self]>;
+    fn slice_mut(storage: &mut CpuStorage) -> Option<&mut [Self]>;
 }
 
 macro_rules! impl_host_element {
@@ -82,6 +83,12 @@ macro_rules! impl_host_element {
                 CpuStorage::$variant(data)
             }
             fn slice(storage: &CpuStorage) -> Option<&[Self]> {
+                match storage {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn slice_mut(storage: &mut CpuStorage) -> Option<&mut [Self]> {
                 match storage {
                     CpuStorage::$variant(v) => Some(v),
                     _ => None,
