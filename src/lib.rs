@@ -20,6 +20,7 @@ pub mod autograd;
 pub mod cuda;
 pub mod engine;
 pub mod error;
+pub mod nn;
 pub mod ops;
 pub mod parity;
 pub mod tensor;
