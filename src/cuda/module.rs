@@ -17,6 +17,7 @@ pub(crate) enum Module {
     Matmul,
     Prototype,
     RoiAlign,
+    Shape,
     Similarity,
 }
 
@@ -30,6 +31,7 @@ impl Module {
             Module::Matmul => "matmul",
             Module::Prototype => "prototype",
             Module::RoiAlign => "roi_align",
+            Module::Shape => "shape",
             Module::Similarity => "similarity",
         }
     }
@@ -43,6 +45,7 @@ impl Module {
             Module::Matmul => ptx::MATMUL,
             Module::Prototype => ptx::PROTOTYPE,
             Module::RoiAlign => ptx::ROI_ALIGN,
+            Module::Shape => ptx::SHAPE,
             Module::Similarity => ptx::SIMILARITY,
         }
     }

@@ -8,5 +8,6 @@ pub mod loss;
 pub mod matmul;
 pub mod prototype;
 pub mod roi_align;
+pub mod shape;
 pub mod similarity;
 pub(crate) mod validate;
