@@ -11,6 +11,7 @@ mod focal;
 mod graph_conv;
 mod prototype;
 mod roi_align;
+mod shape;
 mod similarity;
 
 use crate::error::{Error, Result};
@@ -53,6 +54,10 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: dist_kl::OPS,
         run: dist_kl::run,
+    },
+    Family {
+        ops: shape::OPS,
+        run: shape::run,
     },
 ];
 

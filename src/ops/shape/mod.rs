@@ -589,7 +589,11 @@ fn check_index_list(
     if !where_.is_cpu() && where_ != *device {
         return Err(Error::Device {
             arg: "indices".into(),
-            expected: format!("cpu or {device} (where `{arg}` is)"),
+            expected: if device.is_cpu() {
+                format!("cpu (where `{arg}` is)")
+            } else {
+                format!("cpu or {device} (where `{arg}` is)")
+            },
             got: where_.to_string(),
         });
     }
