@@ -114,6 +114,23 @@ fn rows_launch(rows: usize, row_len: usize) -> LaunchConfig {
     }
 }
 
+/// A `shape` tensor of `dtype` on `dev` whose buffer is not initialised (one element for an empty shape:
+/// the driver rejects zero-byte allocations). mod.rs uses it only for results that the following launches
+/// write in full.
+pub(super) fn unset_output(dev: &CudaDevice, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    fn typed<T: CudaElement>(dev: &CudaDevice, shape: &[usize], _suffix: &str) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        // SAFETY: the memory is left unset, which is sound for these plain-data element types (any bit
+        // pattern is a valid f32/f16/bf16/i64, so even a stray read is no undefined behaviour), and every
+        // caller hands the tensor to a launch that writes each of its n elements before anyone reads it
+        // (see `new_output` in mod.rs); an empty tensor's one-element buffer is never read.
+        let buf = unsafe { dev.stream().alloc::<T>(n.max(1)) }
+            .map_err(Error::cuda(format!("allocating {n} elements")))?;
+        Tensor::from_cuda_slice(buf, shape, dev)
+    }
+    by_width!(dtype, typed(dev, shape))
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Permute
 

@@ -18,7 +18,7 @@
 //!   permutation swapping axes `a` and `b`, its own inverse. Rank ≤ [`MAX_RANK`].
 //! - [`narrow`]`(x, axis, start, len)`: `y[…, i, …] = x[…, start + i, …]` for `i < len` along `axis`.
 //!   Backward ([`narrow_backward`]): `dx` is zero except `dx[…, start + i, …] = dy[…, i, …]`.
-//! - [`concat`]`([x_0, …, x_{n−1}], axis)`: the parts laid end to end along `axis` (all other extents
+//! - [`concat`](fn@concat)`([x_0, …, x_{n−1}], axis)`: the parts laid end to end along `axis` (all other extents
 //!   equal). Backward ([`concat_backward`]): `dy` split back into the parts' extents. [`split`] is the
 //!   converse, and [`split_backward`] is a concat.
 //! - [`index_select`]`(x, axis, idx)` with `idx` an i64 list `[M]`: `y[…, m, …] = x[…, idx[m], …]`
@@ -67,7 +67,7 @@ macro_rules! on_device {
 /// [`MAX_RANK`].
 pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     let shape = check_permutation(x, "x", perm)?;
-    let mut out = Tensor::zeros(&shape, x.dtype(), &x.device())?;
+    let mut out = new_output(&shape, x.dtype(), &x.device())?;
     permute_into(x, perm, &mut out)?;
     Ok(out)
 }
@@ -190,7 +190,7 @@ fn check_rank_limit(t: &Tensor, arg: &str) -> Result<()> {
 /// dtype; `len = 0` gives an empty tensor.
 pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
     let shape = check_slice(x.shape(), "x", axis, start, len)?;
-    let mut out = Tensor::zeros(&shape, x.dtype(), &x.device())?;
+    let mut out = new_output(&shape, x.dtype(), &x.device())?;
     narrow_into(x, axis, start, len, &mut out)?;
     Ok(out)
 }
@@ -224,7 +224,7 @@ pub fn narrow_backward(
     start: usize,
 ) -> Result<Tensor> {
     check_narrow_grad(grad_out, input_shape, axis, start)?;
-    let mut out = Tensor::zeros(input_shape, grad_out.dtype(), &grad_out.device())?;
+    let mut out = new_output(input_shape, grad_out.dtype(), &grad_out.device())?;
     narrow_backward_into(grad_out, axis, start, &mut out)?;
     Ok(out)
 }
@@ -316,12 +316,12 @@ fn check_narrow_grad(
 /// device, and every extent off `axis`; any dtype; parts may be empty along `axis`.
 pub fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {
     let shape = check_concat(parts, axis)?;
-    let mut out = Tensor::zeros(&shape, parts[0].dtype(), &parts[0].device())?;
+    let mut out = new_output(&shape, parts[0].dtype(), &parts[0].device())?;
     concat_into(parts, axis, &mut out)?;
     Ok(out)
 }
 
-/// [`concat`] writing into `out` (the joined shape, the parts' dtype and device).
+/// [`concat`](fn@concat) writing into `out` (the joined shape, the parts' dtype and device).
 pub fn concat_into(parts: &[&Tensor], axis: usize, out: &mut Tensor) -> Result<()> {
     let shape = check_concat(parts, axis)?;
     check_out(out, parts[0], &shape)?;
@@ -339,7 +339,7 @@ pub fn concat_into(parts: &[&Tensor], axis: usize, out: &mut Tensor) -> Result<(
     copy_rows_into(&copies, out)
 }
 
-/// Gradient of [`concat`]: `grad_out` (float, the joined shape) split along `axis` into the parts'
+/// Gradient of [`concat`](fn@concat): `grad_out` (float, the joined shape) split along `axis` into the parts'
 /// extents `sizes` (the same as [`split`]).
 pub fn concat_backward(grad_out: &Tensor, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
     validate::float(grad_out, "grad_out")?;
@@ -370,7 +370,7 @@ pub fn split(x: &Tensor, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
     for &len in sizes {
         let mut shape = x.shape().to_vec();
         shape[axis] = len;
-        let mut piece = Tensor::zeros(&shape, x.dtype(), &x.device())?;
+        let mut piece = new_output(&shape, x.dtype(), &x.device())?;
         if piece.numel() > 0 {
             let copy = RowCopy::slice(outer, extent, inner, start, len);
             copy_rows_into(&[(x, copy)], &mut piece)?;
@@ -381,7 +381,7 @@ pub fn split(x: &Tensor, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
     Ok(pieces)
 }
 
-/// Gradient of [`split`]: the pieces' float gradients joined along `axis` (the same as [`concat`]).
+/// Gradient of [`split`]: the pieces' float gradients joined along `axis` (the same as [`concat`](fn@concat)).
 pub fn split_backward(grads: &[&Tensor], axis: usize) -> Result<Tensor> {
     for (i, g) in grads.iter().enumerate() {
         validate::float(g, &format!("grads[{i}]"))?;
@@ -448,7 +448,7 @@ pub fn index_select(x: &Tensor, axis: usize, indices: &Tensor) -> Result<Tensor>
     let idx = check_indices(indices, x, axis)?;
     let mut shape = x.shape().to_vec();
     shape[axis] = idx.len();
-    let mut out = Tensor::zeros(&shape, x.dtype(), &x.device())?;
+    let mut out = new_output(&shape, x.dtype(), &x.device())?;
     gather_into(x, axis, indices, &idx, &mut out)?;
     Ok(out)
 }
@@ -489,7 +489,7 @@ pub fn index_select_backward(
     if idx.is_empty() {
         return Tensor::zeros(input_shape, grad_out.dtype(), &grad_out.device());
     }
-    let mut out = Tensor::zeros(input_shape, grad_out.dtype(), &grad_out.device())?;
+    let mut out = new_output(input_shape, grad_out.dtype(), &grad_out.device())?;
     scatter_into(grad_out, axis, &idx, &mut out)?;
     Ok(out)
 }
@@ -642,6 +642,19 @@ fn check_scatter(
 
 // ---------------------------------------------------------------------------------------------------------
 // Shared helpers
+
+/// A result tensor that the op's launch then fills completely: on CUDA its buffer is left unset (a
+/// `Tensor::zeros` memset would be a wasted pass over memory as large as the result), on the host it is
+/// zeros (the reference replaces it anyway). Only for results every element of which is written.
+fn new_output(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    match device {
+        Device::Cpu => Tensor::zeros(shape, dtype, device),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => cuda::unset_output(dev, shape, dtype),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(dev) => dev.unreachable(),
+    }
+}
 
 /// Runs row copies from each source into `out` (whose every element the copies cover or, for a single
 /// slice source, which it fills), on the device of `out`.
