@@ -72,7 +72,8 @@ struct GatherArgs {
 // I is the index type of the decomposition: 32-bit when numel fits, since 64-bit division is several
 // times slower.
 template <typename T, typename I>
-__device__ void permute_generic_impl(const T* __restrict__ src, T* __restrict__ dst, const GenericPermuteArgs& a) {
+__device__ void permute_generic_impl(const T* __restrict__ src, T* __restrict__ dst,
+                                     const GenericPermuteArgs& a) {
     DETKD_GRID_STRIDE(i, a.numel) {
         I rest = (I)i;
         long long offset = 0;
@@ -94,7 +95,8 @@ __device__ void permute_generic_impl(const T* __restrict__ src, T* __restrict__ 
 // coalesced. Launched with blockDim = (32, 8); tiles stride over gridDim.x, batches over gridDim.y. The
 // padded row (33) keeps the transposed reads free of bank conflicts.
 template <typename T>
-__device__ void permute_tiled_impl(const T* __restrict__ src, T* __restrict__ dst, const TiledPermuteArgs& a) {
+__device__ void permute_tiled_impl(const T* __restrict__ src, T* __restrict__ dst,
+                                   const TiledPermuteArgs& a) {
     __shared__ T tile[DETKD_TILE][DETKD_TILE + 1];
     const long long tiles_a = (a.a_extent + DETKD_TILE - 1) / DETKD_TILE;
     const long long tiles = tiles_a * ((a.b_extent + DETKD_TILE - 1) / DETKD_TILE);
@@ -110,12 +112,16 @@ __device__ void permute_tiled_impl(const T* __restrict__ src, T* __restrict__ ds
             const long long a0 = (t % tiles_a) * DETKD_TILE, b0 = (t / tiles_a) * DETKD_TILE;
             for (int j = threadIdx.y; j < DETKD_TILE; j += DETKD_TILE_ROWS) {
                 const long long av = a0 + threadIdx.x, bv = b0 + j;
-                if (av < a.a_extent && bv < a.b_extent) tile[j][threadIdx.x] = src[in_base + bv * a.b_in_stride + av];
+                if (av < a.a_extent && bv < a.b_extent) {
+                    tile[j][threadIdx.x] = src[in_base + bv * a.b_in_stride + av];
+                }
             }
             __syncthreads();
             for (int j = threadIdx.y; j < DETKD_TILE; j += DETKD_TILE_ROWS) {
                 const long long av = a0 + j, bv = b0 + threadIdx.x;
-                if (av < a.a_extent && bv < a.b_extent) dst[out_base + av * a.a_out_stride + bv] = tile[threadIdx.x][j];
+                if (av < a.a_extent && bv < a.b_extent) {
+                    dst[out_base + av * a.a_out_stride + bv] = tile[threadIdx.x][j];
+                }
             }
             __syncthreads();  // the tile is refilled by the next iteration
         }
@@ -146,8 +152,8 @@ __device__ void pad_rows_impl(const T* __restrict__ src, T* __restrict__ dst, co
 }
 
 template <typename T>
-__device__ void index_select_impl(const T* __restrict__ src, const long long* __restrict__ idx, T* __restrict__ dst,
-                                  const GatherArgs& a) {
+__device__ void index_select_impl(const T* __restrict__ src, const long long* __restrict__ idx,
+                                  T* __restrict__ dst, const GatherArgs& a) {
     DETKD_FOR_ROWS(r, a.outer * a.dst_rows) {
         const long long o = r / a.dst_rows, m = r - o * a.dst_rows;
         const T* s = src + (o * a.src_rows + idx[m]) * a.inner;

@@ -18,9 +18,9 @@
 //!   permutation swapping axes `a` and `b`, its own inverse. Rank ≤ [`MAX_RANK`].
 //! - [`narrow`]`(x, axis, start, len)`: `y[…, i, …] = x[…, start + i, …]` for `i < len` along `axis`.
 //!   Backward ([`narrow_backward`]): `dx` is zero except `dx[…, start + i, …] = dy[…, i, …]`.
-//! - [`concat`](fn@concat)`([x_0, …, x_{n−1}], axis)`: the parts laid end to end along `axis` (all other extents
-//!   equal). Backward ([`concat_backward`]): `dy` split back into the parts' extents. [`split`] is the
-//!   converse, and [`split_backward`] is a concat.
+//! - [`concat`](fn@concat)`([x_0, …, x_{n−1}], axis)`: the parts laid end to end along `axis` (all other
+//!   extents equal). Backward ([`concat_backward`]): `dy` split back into the parts' extents. [`split`] is
+//!   the converse, and [`split_backward`] is a concat.
 //! - [`index_select`]`(x, axis, idx)` with `idx` an i64 list `[M]`: `y[…, m, …] = x[…, idx[m], …]`
 //!   (`torch.index_select`). Backward: `dx[…, d, …] = Σ_{m : idx[m] = d} dy[…, m, …]`.
 //!
@@ -31,6 +31,14 @@
 //! (the message names the part and the axis), index lists (rank 1, dtype i64, every entry in
 //! `[0, extent)`: the message gives the first bad position and value), gradient shapes, dtypes and
 //! devices, output buffers of `_into` entries. An empty result returns without a launch.
+//!
+//! # CUDA
+//!
+//! The data-movement kernels are instantiated per element width and copy bit patterns. A permutation is
+//! first collapsed (unit axes dropped, axes that stay adjacent merged); one that moves the innermost axis
+//! runs as a batched transpose through 32 × 32 shared-memory tiles (coalesced loads and stores), any other
+//! as one thread per element. Narrow, concat, split and narrow's backward are strided row copies. Results
+//! of the allocating entries are written in full by their launch, so they skip the zero-fill.
 
 mod cpu;
 #[cfg(feature = "cuda")]
@@ -381,7 +389,8 @@ pub fn split(x: &Tensor, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
     Ok(pieces)
 }
 
-/// Gradient of [`split`]: the pieces' float gradients joined along `axis` (the same as [`concat`](fn@concat)).
+/// Gradient of [`split`]: the pieces' float gradients joined along `axis` (the same as
+/// [`concat`](fn@concat)).
 pub fn split_backward(grads: &[&Tensor], axis: usize) -> Result<Tensor> {
     for (i, g) in grads.iter().enumerate() {
         validate::float(g, &format!("grads[{i}]"))?;

@@ -137,8 +137,8 @@ mod launch {
     /// Threads along the tile's second axis (each covers `TILE / TILE_ROWS` rows).
     pub(crate) const TILE_ROWS: usize = 8;
 
-    /// Below this extent on either transposed axis most of a 32 × 32 tile would be idle; the generic kernel is
-    /// used instead.
+    /// Below this extent on either transposed axis most of a 32 × 32 tile would be idle; the generic
+    /// kernel is used instead.
     const MIN_TILED_EXTENT: usize = 8;
 
     /// How the CUDA path moves a permutation's data.
