@@ -18,6 +18,7 @@ pub(crate) enum Module {
     Optim,
     Prototype,
     RoiAlign,
+    Shape,
     Similarity,
 }
 
@@ -32,6 +33,7 @@ impl Module {
             Module::Optim => "optim",
             Module::Prototype => "prototype",
             Module::RoiAlign => "roi_align",
+            Module::Shape => "shape",
             Module::Similarity => "similarity",
         }
     }
@@ -46,6 +48,7 @@ impl Module {
             Module::Optim => ptx::OPTIM,
             Module::Prototype => ptx::PROTOTYPE,
             Module::RoiAlign => ptx::ROI_ALIGN,
+            Module::Shape => ptx::SHAPE,
             Module::Similarity => ptx::SIMILARITY,
         }
     }

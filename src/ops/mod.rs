@@ -9,5 +9,6 @@ pub mod matmul;
 pub mod optim;
 pub mod prototype;
 pub mod roi_align;
+pub mod shape;
 pub mod similarity;
 pub(crate) mod validate;

@@ -12,6 +12,7 @@ mod graph_conv;
 mod optim;
 mod prototype;
 mod roi_align;
+mod shape;
 mod similarity;
 
 use crate::error::{Error, Result};
@@ -58,6 +59,10 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: optim::OPS,
         run: optim::run,
+    },
+    Family {
+        ops: shape::OPS,
+        run: shape::run,
     },
 ];
 
