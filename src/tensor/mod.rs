@@ -275,6 +275,10 @@ impl Tensor {
             #[cfg(feature = "cuda")]
             (Storage::Cuda(s), Device::Cpu) => Storage::Cpu(download(s, self.numel())?),
             #[cfg(feature = "cuda")]
+            (Storage::Cuda(s), Device::Cuda(dev)) if s.device == *dev => {
+                Storage::Cuda(copy_on_device(s)?)
+            }
+            #[cfg(feature = "cuda")]
             (Storage::Cuda(s), Device::Cuda(dev)) => {
                 Storage::Cuda(upload(&download(s, self.numel())?, dev)?)
             }
@@ -345,6 +349,23 @@ fn upload(s: &CpuStorage, dev: &CudaDevice) -> Result<CudaStorage> {
     };
     Ok(CudaStorage {
         device: dev.clone(),
+        data,
+    })
+}
+
+/// A device-to-device copy on the buffer's own stream (no host round trip).
+#[cfg(feature = "cuda")]
+fn copy_on_device(s: &CudaStorage) -> Result<CudaStorage> {
+    let stream = s.device.stream();
+    let err = || Error::cuda("device-to-device copy");
+    let data = match &s.data {
+        CudaData::F32(v) => CudaData::F32(stream.clone_dtod(v).map_err(err())?),
+        CudaData::F16(v) => CudaData::F16(stream.clone_dtod(v).map_err(err())?),
+        CudaData::BF16(v) => CudaData::BF16(stream.clone_dtod(v).map_err(err())?),
+        CudaData::I64(v) => CudaData::I64(stream.clone_dtod(v).map_err(err())?),
+    };
+    Ok(CudaStorage {
+        device: s.device.clone(),
         data,
     })
 }
