@@ -96,7 +96,8 @@ __device__ void soft_assign_impl(const float* __restrict__ gram, const float* __
 
 // The gradient with respect to the squared distances, g = −dℓ/τ (f32 [N, K]), and its row sums, from the
 // forward's output and the upstream gradient: dℓ = a(da − Σ a·da) for probabilities, dℓ = dlog a −
-// a·Σ dlog a (a = exp(log a)) for log-probabilities.
+// a·Σ dlog a for log-probabilities, with a (= output, or exp(output)) renormalised by its row sum — a no-op
+// in exact arithmetic that keeps Σ_k g = 0 when the stored output was rounded to half precision.
 template <typename T>
 __device__ void soft_assign_grad_impl(const T* __restrict__ output, const T* __restrict__ grad, AssignArgs a,
                                       float* __restrict__ g, float* __restrict__ row_sums) {
@@ -104,14 +105,20 @@ __device__ void soft_assign_grad_impl(const T* __restrict__ output, const T* __r
         const T* o = output + r * a.cols;
         const T* dout = grad + r * a.cols;
         float* dst = g + r * a.cols;
-        float reduced = 0.0f;  // Σ dlog a, or Σ a·da
-        for (long long k = lane; k < a.cols; k += WARP)
-            reduced += a.log_output ? to_float(dout[k]) : to_float(o[k]) * to_float(dout[k]);
+        float mass = 0.0f, reduced = 0.0f;  // Σ a; Σ dlog a (log output) or Σ a·da
+        for (long long k = lane; k < a.cols; k += WARP) {
+            const float ak = a.log_output ? expf(to_float(o[k])) : to_float(o[k]);
+            mass += ak;
+            reduced += a.log_output ? to_float(dout[k]) : ak * to_float(dout[k]);
+        }
+        mass = warp_sum(mass);
         reduced = warp_sum(reduced);
+        if (!a.log_output) reduced /= mass;
         float sum = 0.0f;
         for (long long k = lane; k < a.cols; k += WARP) {
-            const float ok = to_float(o[k]), gk = to_float(dout[k]);
-            const float dl = a.log_output ? gk - expf(ok) * reduced : ok * (gk - reduced);
+            const float ak = (a.log_output ? expf(to_float(o[k])) : to_float(o[k])) / mass;
+            const float gk = to_float(dout[k]);
+            const float dl = a.log_output ? gk - ak * reduced : ak * (gk - reduced);
             const float v = -dl / a.temperature;
             dst[k] = v;
             sum += v;

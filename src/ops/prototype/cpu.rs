@@ -137,20 +137,29 @@ pub(super) fn assignment_grad(
             .enumerate()
             .map(|(i, dst)| {
                 let (o_row, g_row) = (&out[i * k..][..k], &grad[i * k..][..k]);
+                // a, renormalised to sum to 1 (see the module docs: a no-op in exact arithmetic, and
+                // what keeps Σ_k G_ik = 0 when the stored output was rounded).
+                for (d, &o) in dst.iter_mut().zip(o_row) {
+                    *d = if log_output { o.exp() } else { o };
+                }
+                let mass = dst.iter().fold(T::zero(), |acc, &a| acc + a);
+                for d in dst.iter_mut() {
+                    *d = *d / mass;
+                }
                 if log_output {
-                    // dℓ = dlog a − a·Σ dlog a, with a = exp(log a).
+                    // dℓ = dlog a − a·Σ dlog a.
                     let total = g_row.iter().fold(T::zero(), |acc, &v| acc + v);
-                    for ((d, &o), &gr) in dst.iter_mut().zip(o_row).zip(g_row) {
-                        *d = -(gr - o.exp() * total) / tau;
+                    for (d, &gr) in dst.iter_mut().zip(g_row) {
+                        *d = -(gr - *d * total) / tau;
                     }
                 } else {
                     // dℓ = a·(da − Σ a·da).
-                    let dot = o_row
+                    let dot = dst
                         .iter()
                         .zip(g_row)
                         .fold(T::zero(), |acc, (&a, &gr)| acc + a * gr);
-                    for ((d, &a), &gr) in dst.iter_mut().zip(o_row).zip(g_row) {
-                        *d = -(a * (gr - dot)) / tau;
+                    for (d, &gr) in dst.iter_mut().zip(g_row) {
+                        *d = -(*d * (gr - dot)) / tau;
                     }
                 }
                 dst.iter().fold(T::zero(), |acc, &v| acc + v)

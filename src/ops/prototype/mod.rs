@@ -26,8 +26,11 @@
 //!
 //! The clamp at 0 is taken with slope 1: it is only active on rounding noise of nearly coincident
 //! points, where the factor `x_i − p_k` is itself ≈ 0. The backward reads `a` from the forward's output
-//! rather than recomputing the `[N, K]` product; with half storage that output is rounded (relative
-//! 2^-11 for f16, 2^-8 for bf16), which bounds the backward's precision too.
+//! rather than recomputing the `[N, K]` product, and first renormalises each row of it to sum to 1 — a
+//! no-op in exact arithmetic. With half storage the stored `a` is rounded (relative 2^-11 for f16, 2^-8
+//! for bf16) and its rows no longer sum to 1 exactly; without the renormalisation `Σ_k G_ik` would be
+//! that rounding error instead of 0, and `dx`'s term `diag(G1)X` would scale it by `‖x_i‖`, ruining
+//! the gradient of points far from the prototypes (`‖x‖ ≫ ‖x − p‖`).
 //!
 //! Precision: the expansion loses precision by cancellation, an absolute error of about
 //! `1e-7·(‖x‖² + ‖p‖²)` in f32, i.e. `1e-7·(‖x‖² + ‖p‖²)/τ` in the logits. Choose `τ` on the scale of the

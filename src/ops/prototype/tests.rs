@@ -139,6 +139,51 @@ fn backward_matches_the_per_pair_formula() {
     assert_close("dp", &values(&gp.unwrap()), &dp, 1e-12);
 }
 
+/// A rounded output (rows that do not sum to 1 exactly, as half storage gives) barely moves the gradient
+/// of points far from the prototypes, thanks to the renormalisation: without it, `Σ_k G_ik` would be the
+/// rounding error and `dx` would carry it times `‖x_i‖`.
+#[test]
+fn backward_is_robust_to_a_rounded_output() {
+    let (n, k, d) = (6, 5, 4);
+    let xv: Vec<f64> = random(50, &[n, d]).iter().map(|v| v + 40.0).collect();
+    let pv: Vec<f64> = random(51, &[k, d]).iter().map(|v| 0.3 * v).collect();
+    let (x, p) = (tensor(xv, &[n, d]), tensor(pv, &[k, d]));
+    let g = tensor(random(52, &[n, k]), &[n, k]);
+    for output in OUTPUTS {
+        let cfg = config(20.0, output);
+        let exact = soft_assignment(&x, &p, &cfg).unwrap();
+        let rounded = exact
+            .to_dtype(DType::F16)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        if output == AssignmentOutput::Probabilities {
+            let off: f64 = values(&rounded)
+                .chunks(k)
+                .map(|r| (r.iter().sum::<f64>() - 1.0).abs())
+                .sum();
+            assert!(
+                off > 1e-6,
+                "the rounding must actually break the normalisation"
+            );
+        }
+        let (want, want_p) = soft_assignment_backward(&x, &p, &exact, &g, &cfg, true).unwrap();
+        let (got, got_p) = soft_assignment_backward(&x, &p, &rounded, &g, &cfg, true).unwrap();
+        assert_close(
+            &format!("dx {output:?}"),
+            &values(&got),
+            &values(&want),
+            1e-3,
+        );
+        assert_close(
+            &format!("dp {output:?}"),
+            &values(&got_p.unwrap()),
+            &values(&want_p.unwrap()),
+            1e-3,
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Forward against direct formulas; edge cases
 
