@@ -479,7 +479,6 @@ fn cuda_max_cosine_match_matches_cpu_on_random_shapes() {
         };
         let (x, p) = (rng.normal_vec(n * d), rng.normal_vec(k * d));
         for (dtype, tol, _) in TOLERANCES {
-            let tol = tol.min(1e-2);
             let what = format!("case {case} {dtype} n={n} k={k} d={d} classes={classes}");
             let (xh, ph) = (host(&x, &[n, d], dtype), host(&p, &[k, d], dtype));
             let (x64, p64) = (f64_of(&xh), f64_of(&ph));
@@ -686,4 +685,19 @@ fn cuda_empty_inputs_non_finite_values_and_bad_inputs() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("`prototypes`"), "{err}");
+    // Labels on the device for host features.
+    let cpu_x = host(&[0.5; 12], &[3, 4], DType::F32);
+    let err = max_cosine_match(
+        &cpu_x,
+        &labels(&[0, 0, 0]),
+        &cpu_p,
+        &labels(&[0, 0]).to_device(&gpu).unwrap(),
+        &cfg,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`prototype_labels`: expected a tensor on cpu, got one on cuda"),
+        "{err}"
+    );
 }

@@ -46,10 +46,12 @@
 //!
 //! # Non-finite values and empty inputs
 //!
-//! Nothing is checked for finiteness on the host (it would cost a device synchronisation per call); a
-//! NaN or infinity propagates to NaN in the results that depend on it — the row of `a` (an infinitely
-//! distant prototype gets weight exactly 0, the limit), the row's similarity and weight. A row whose squared
-//! norm overflows (f32: `‖x‖ ≳ 1.8e19`) normalises to NaN rather than to a silent 0, as in
+//! Nothing is checked for finiteness on the host (it would cost a device synchronisation per call);
+//! instead a NaN or infinity in an input propagates to NaN in the results that depend on it, never to a
+//! finite wrong number: a poisoned point's row of `a` (a NaN logit poisons its row's normaliser), its
+//! similarity and its weight. A prototype with an infinite coordinate gives, per row, either a NaN
+//! distance (the row becomes NaN) or `+∞` (weight exactly 0, the limit). A row whose squared norm
+//! overflows (f32: `‖x‖ ≳ 1.8e19`) normalises to NaN rather than to a silent 0, as in
 //! [`crate::ops::similarity::normalize_rows`]. Empty inputs give empty (or constant) results without
 //! any kernel launch; each entry documents its own.
 
@@ -443,9 +445,14 @@ fn check_labels(
         ));
     }
     if !labels.device().is_cpu() && labels.device() != *device {
+        let expected = if device.is_cpu() {
+            "cpu".to_string()
+        } else {
+            format!("cpu or {device}")
+        };
         return Err(Error::Device {
             arg: arg.into(),
-            expected: format!("the host or {device}"),
+            expected,
             got: labels.device().to_string(),
         });
     }

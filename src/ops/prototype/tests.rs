@@ -841,6 +841,18 @@ fn bad_inputs_are_clear_errors() {
             "`student`: expected shape [rows, D]",
         ),
     ];
+    // More rows than the product kernels' grid takes (an [N, 0] tensor holds no data).
+    let tall = Tensor::zeros(&[65_535 * 64 + 1, 0], DType::F64, &Device::Cpu).unwrap();
+    let flat = Tensor::zeros(&[2, 0], DType::F64, &Device::Cpu).unwrap();
+    for message in [
+        err(soft_assignment(&tall, &flat, &cfg)),
+        err(soft_assignment(&flat, &tall, &cfg)),
+    ] {
+        assert!(
+            message.contains("rows = 4194241 exceeds 4194240"),
+            "{message}"
+        );
+    }
     assert!(max_cosine_match(&x, &rl, &p, &pl, &mc).is_ok());
     for (message, expected) in cases {
         assert!(
