@@ -6,7 +6,8 @@
 //!   (`AnchorGenerator`, `octave_base_scale=8`, `scales_per_octave=1`, ratio 1) uses mmdetection's default
 //!   `center_offset=0`: base anchors are centred on 0 and shifted by `x·s`, and `GFLHead.anchor_center`
 //!   takes the centre of that anchor, so there is no half-stride offset (mmdetection 2.x
-//!   `anchor_generator.py`, `gfl_head.py`; the LD code base does the same).
+//!   `anchor_generator.py`, `gfl_head.py`; the LD code base decodes with the same `anchor_center` and
+//!   `distance2bbox`).
 //! - **Scores.** `σ(cls_logit)` per class.
 //! - **Distances.** For each side `e ∈ (l, t, r, b)`, the `reg_max + 1` box logits of that side are turned
 //!   into a distribution by a softmax and integrated: `d_e = s · Σ_{k=0..reg_max} k·softmax(z_e)_k`.
