@@ -1,3 +1,5 @@
-//! The teacher–student engine: label assignment, (later) the detector, data, evaluation and the loops.
+//! The teacher–student engine: label assignment ([`assign`]) and evaluation of detections ([`eval`]: COCO
+//! metrics, NMS, GFL post-processing).
 
 pub mod assign;
+pub mod eval;
