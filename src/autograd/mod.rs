@@ -1,5 +1,5 @@
 //! Reverse-mode autodiff for composing detkd's ops: the [`Tape`], its ops ([`ops`]), and gradient checking.
-//! [`gradcheck`] is the numerical ground truth every backward pass in detkd is tested against;
+//! [`gradcheck()`](gradcheck::gradcheck) is the numerical ground truth every backward pass in detkd is tested against;
 //! [`tape_gradcheck`] applies it to any function built on a tape.
 
 pub mod gradcheck;

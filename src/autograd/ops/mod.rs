@@ -14,7 +14,9 @@ mod dist_kl;
 mod focal;
 mod graph_conv;
 mod matmul;
+mod prototype;
 mod roi_align;
+mod shape;
 mod similarity;
 
 use super::Var;

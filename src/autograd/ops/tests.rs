@@ -313,3 +313,91 @@ mod existing_families {
         );
     }
 }
+
+mod shape_and_prototype {
+    use super::*;
+    use crate::ops::prototype::SoftAssignConfig;
+
+    #[test]
+    fn shape_ops() {
+        let mut rng = Rng::new(8);
+        let x = randn(&mut rng, &[2, 3, 4]);
+        check(
+            "reshape",
+            |tp, l, _| tp.reshape(l[0], &[6, 4]),
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "permute",
+            |tp, l, _| tp.permute(l[0], &[2, 0, 1]),
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "transpose",
+            |tp, l, _| tp.transpose(l[0], 0, 2),
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "narrow",
+            |tp, l, _| tp.narrow(l[0], 2, 1, 2),
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        let y = randn(&mut rng, &[2, 5, 4]);
+        check(
+            "concat",
+            |tp, l, _| tp.concat(&[l[0], l[1], l[0]], 1),
+            &[x.try_clone().unwrap(), y],
+            &[],
+        );
+        check(
+            "split then concat reversed",
+            |tp, l, _| {
+                let parts = tp.split(l[0], 1, &[1, 2])?;
+                tp.concat(&[parts[1], parts[0]], 1)
+            },
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "index_select with duplicates",
+            |tp, l, c| tp.index_select(l[0], 1, c[0]),
+            &[x],
+            &[labels(vec![2, 0, 2, 1])],
+        );
+    }
+
+    #[test]
+    fn split_validates_sizes() {
+        let tape = Tape::new();
+        let x = tape.leaf(t(vec![0.0; 6], &[2, 3]));
+        assert!(tape.split(x, 1, &[1, 1]).is_err());
+        assert!(tape.split(x, 2, &[1]).is_err());
+    }
+
+    #[test]
+    fn soft_assignment_to_both_inputs() {
+        let mut rng = Rng::new(9);
+        let x = randn(&mut rng, &[5, 3]);
+        let p = randn(&mut rng, &[4, 3]);
+        let cfg = SoftAssignConfig {
+            temperature: 2.0,
+            ..Default::default()
+        };
+        check(
+            "soft_assignment",
+            |tp, l, _| tp.soft_assignment(l[0], l[1], &cfg),
+            &[x.try_clone().unwrap(), p.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "soft_assignment, fixed prototypes",
+            |tp, l, c| tp.soft_assignment(l[0], c[0], &cfg),
+            &[x],
+            &[p],
+        );
+    }
+}
