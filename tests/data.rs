@@ -934,6 +934,7 @@ fn transform_applies_resize_flip_pad_and_maps_back() {
     assert_eq!(meta.original_size, (40, 100));
     assert_eq!(meta.resized_size, (26, 64));
     assert_eq!(meta.padded_size, (32, 64));
+    assert_eq!(meta.padding(), (6, 0));
     assert_eq!(meta.scale, (0.64, 0.65));
     assert!(meta.flipped);
     let b = out.boxes[0];

@@ -120,8 +120,16 @@ pub fn collate(samples: Vec<(Sample, ImageMeta)>, size_divisor: usize) -> Result
             .unwrap_or(0),
         size_divisor,
     )?;
-    let per_image = 3 * height * width;
-    let mut data = Vec::with_capacity(samples.len() * per_image);
+    let values = height
+        .checked_mul(width)
+        .and_then(|n| n.checked_mul(3 * samples.len()))
+        .ok_or_else(|| {
+            Error::invalid(
+                "samples",
+                format!("{}×3×{height}×{width} values overflow usize", samples.len()),
+            )
+        })?;
+    let mut data = Vec::with_capacity(values);
     let mut targets = Vec::with_capacity(samples.len());
     let mut metas = Vec::with_capacity(samples.len());
     for (sample, mut meta) in samples {

@@ -21,6 +21,28 @@
 //! - Boxes are `[x1, y1, x2, y2]` in pixel-edge coordinates: a box covering pixel columns `i..=j` has
 //!   `x1 = i`, `x2 = j + 1`, so `0 ≤ x1 < x2 ≤ W` and the width is `x2 − x1`.
 //! - Labels are contiguous class indices `0..num_classes`.
+//!
+//! ```
+//! use detkd::engine::data::{DataLoader, LoaderConfig, SyntheticConfig, SyntheticShapes, Transform};
+//!
+//! let (train, _val) = SyntheticShapes::splits(SyntheticConfig::default(), 0, 8, 4)?;
+//! let loader = DataLoader::new(
+//!     &train,
+//!     LoaderConfig { batch_size: 4, seed: 1, ..Default::default() },
+//!     Transform { flip_probability: 0.5, ..Default::default() },
+//! )?;
+//! for batch in loader.epoch(0) {
+//!     let batch = batch?;
+//!     assert_eq!(batch.images.shape(), &[4, 3, 128, 128]);
+//!     for (target, meta) in batch.targets.iter().zip(&batch.metas) {
+//!         for b in &target.boxes {
+//!             let original = meta.box_to_original(*b); // back to the un-flipped source image
+//!             assert!(original[0] < original[2] && original[2] <= 128.0);
+//!         }
+//!     }
+//! }
+//! # Ok::<(), detkd::Error>(())
+//! ```
 
 pub mod batch;
 pub mod coco;
@@ -192,7 +214,11 @@ impl Image {
         &self.data
     }
 
-    /// One channel's `H · W` values, row-major; `c` must be 0, 1 or 2.
+    /// One channel's `H · W` values, row-major.
+    ///
+    /// # Panics
+    ///
+    /// If `c > 2` (like indexing a slice out of range).
     pub fn channel(&self, c: usize) -> &[f32] {
         let plane = self.height * self.width;
         &self.data[c * plane..(c + 1) * plane]

@@ -26,6 +26,15 @@ pub fn resize(
             format!("expected non-empty sizes, got {h}×{w} → {new_height}×{new_width}"),
         ));
     }
+    let values = new_height
+        .checked_mul(new_width)
+        .and_then(|n| n.checked_mul(3))
+        .ok_or_else(|| {
+            Error::invalid(
+                "resize",
+                format!("3×{new_height}×{new_width} values overflow usize"),
+            )
+        })?;
     let sx = new_width as f32 / w as f32;
     let sy = new_height as f32 / h as f32;
     // Source index pairs and weights per output column / row, computed once.
@@ -41,7 +50,7 @@ pub fn resize(
     };
     let columns = taps(new_width, sx, w);
     let rows = taps(new_height, sy, h);
-    let mut data = Vec::with_capacity(3 * new_height * new_width);
+    let mut data = Vec::with_capacity(values);
     for c in 0..3 {
         let plane = image.channel(c);
         for &(y0, y1, fy) in &rows {
@@ -169,6 +178,14 @@ pub struct ImageMeta {
 }
 
 impl ImageMeta {
+    /// Zero padding `(bottom rows, right columns)`: `padded_size − resized_size`.
+    pub fn padding(&self) -> (usize, usize) {
+        (
+            self.padded_size.0.saturating_sub(self.resized_size.0),
+            self.padded_size.1.saturating_sub(self.resized_size.1),
+        )
+    }
+
     /// Maps a box in input coordinates back to the original image: undoes the flip (about the resized
     /// width), divides by the scale and clips to the original size.
     pub fn box_to_original(&self, b: BoxXyxy) -> BoxXyxy {
