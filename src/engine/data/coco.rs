@@ -5,8 +5,8 @@
 //! converted to 8-bit RGB) when a sample is requested. Rules:
 //!
 //! - `images` (required): `id` (non-negative integer, unique), `file_name` (relative to the image folder;
-//!   the file must exist at load time), `width` and `height` (positive integers, checked against the
-//!   decoded file).
+//!   the file must exist at load time), `width` and `height` (integers in `1..=65536`, checked against
+//!   the decoded file).
 //! - `categories` (required): `id` (non-negative integer, unique), `name`. Labels are contiguous: the
 //!   categories sorted by id get labels `0, 1, …` ([`CocoDataset::category_id`] maps back).
 //! - `annotations` (optional, absent in test-set files): `image_id` and `category_id` must name an entry,
@@ -73,7 +73,8 @@ pub struct LoadReport {
     pub degenerate_examples: Vec<String>,
 }
 
-/// A COCO-format data set: annotation JSON plus an image folder.
+/// A COCO-format data set: annotation JSON plus an image folder. Sample `i` is the `i`-th entry of
+/// `images` in file order; its image is decoded on every [`Dataset::get`] (there is no cache).
 #[derive(Clone, Debug)]
 pub struct CocoDataset {
     annotation_file: PathBuf,
