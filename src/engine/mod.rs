@@ -1,5 +1,7 @@
-//! The teacher–student engine: label assignment ([`assign`]) and evaluation of detections ([`eval`]: COCO
-//! metrics, NMS, GFL post-processing).
+//! The teacher–student engine: data ([`data`]: the synthetic shapes set, COCO-format loading, transforms,
+//! batching), label assignment ([`assign`]) and evaluation of detections ([`eval`]: COCO metrics, NMS, GFL
+//! post-processing).
 
 pub mod assign;
+pub mod data;
 pub mod eval;
