@@ -74,6 +74,9 @@ pub struct Assignment {
     /// The IoU matrix `[anchors][gts]`, row-major, which the LD valuable-region selection reuses.
     pub ious: Vec<f64>,
     pub num_gts: usize,
+    /// Per box, the ATSS threshold `mean + std` of its candidates' IoUs (NaN for a single candidate); LD's
+    /// valuable localisation region is defined relative to it.
+    pub thresholds: Vec<f64>,
 }
 
 impl Assignment {
@@ -148,6 +151,7 @@ pub fn atss_assign(
     }
     let mut gt_index = vec![None; n];
     let mut best = vec![f64::NEG_INFINITY; n];
+    let mut thresholds = vec![f64::NAN; k];
     let centre = |b: &Box4| [(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0];
     for (g, gt) in gts.iter().enumerate() {
         let gc = centre(gt);
@@ -177,6 +181,7 @@ pub fn atss_assign(
         let var =
             values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len() as f64 - 1.0);
         let threshold = mean + var.sqrt();
+        thresholds[g] = threshold;
         for (&a, &v) in candidates.iter().zip(&values) {
             let ac = centre(&anchors[a]);
             let inside = [ac[0] - gt[0], ac[1] - gt[1], gt[2] - ac[0], gt[3] - ac[1]]
@@ -194,6 +199,7 @@ pub fn atss_assign(
         gt_index,
         ious,
         num_gts: k,
+        thresholds,
     })
 }
 
