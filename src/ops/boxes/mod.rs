@@ -51,19 +51,23 @@
 //!
 //! # Inputs, NaN and empty calls
 //!
-//! Targets, ground-truth boxes and anchor points are validated on the host (finite, else an `Err` naming the
-//! row): `target` of the loss, `b` of the overlaps (the GT side of `[anchors, gt]`), `points` and `boxes` of
-//! the transforms; on CUDA this costs one device-to-host copy of that input. Predictions (`pred`, the
-//! distances, `a` of the overlaps) are not scanned: NaN there propagates to the results — the max/min and
-//! clamps here keep NaN, where `f32::max`/`fmaxf` would silently drop it. Box corners are not required to
-//! be ordered: a reversed box has a negative area and is used as mmdet uses it. N = 0 (or M = 0) gives an
-//! empty result, and the losses give `[0]`, a sum of 0, a mean over nothing of **NaN** (`torch.mean` of an
-//! empty tensor) or 0 with `avg_factor`, all without a launch. mmdet's `GIoULoss.forward` returns
-//! `(pred · weight).sum()` when no weight is positive; that shortcut is not reproduced (for all-zero
-//! weights both give a zero loss and gradient, but `Reduction::None` keeps its `[N]` shape here).
+//! Targets, ground-truth boxes and anchor points are validated on the host (finite, else an `Err` naming
+//! the row): `target` of the loss, `b` of the overlaps (the GT side of `[anchors, gt]`), `points` and
+//! `boxes` of the transforms; on CUDA this costs one device-to-host copy of that input. Predictions
+//! (`pred`, the distances, `a` of the overlaps) and loss weights are not scanned: NaN there propagates to
+//! the results — the max/min and clamps here keep NaN, where `f32::max`/`fmaxf` would silently drop it.
+//! Box corners are not required to be ordered: a reversed box has a negative area and is used as mmdet
+//! uses it. N = 0 (or M = 0) gives an empty result, and the losses give `[0]`, a sum of 0, a mean over
+//! nothing of **NaN** (`torch.mean` of an empty tensor) or 0 with `avg_factor`, all without a launch.
+//! mmdet's `GIoULoss.forward` returns `(pred · weight).sum()` when no weight is positive; that shortcut is
+//! not reproduced: for all-zero weights both give a zero loss and gradient (but `Reduction::None` keeps
+//! its `[N]` shape here), and for N = 0 with weights given mmdet's shortcut returns 0 where the mean here
+//! is NaN.
 //!
-//! The CPU reference accumulates reductions in f64 in a fixed order; the CUDA kernels use per-block partial
-//! sums and one fixed-order final pass, so every reduced loss is bitwise reproducible run to run.
+//! The kernels index with 64 bits and loop over rows, columns and tiles beyond the grid limits, so every
+//! size that fits in memory is accepted. The CPU reference accumulates reductions in f64 in a fixed
+//! order; the CUDA kernels use per-block partial sums and one fixed-order final pass, so every reduced
+//! loss is bitwise reproducible run to run.
 //!
 //! ```
 //! use detkd::ops::boxes::{box_iou, distance2bbox, giou_loss_fused, GiouLossConfig, LossWeighting, OverlapConfig};
@@ -228,8 +232,9 @@ impl Default for GiouLossConfig {
 }
 
 impl GiouLossConfig {
-    /// GFL's (and LD's) `GIoULoss(loss_weight=2.0)`; the head passes the per-positive weights and
-    /// `avg_factor` (mmdet's GFL: `avg_factor = 1`, then divides by the weight sum; LD: `Σ w` directly).
+    /// GFL's (and LD's) `GIoULoss(loss_weight=2.0)`. mmdet's GFL and LD heads pass the per-positive
+    /// weights `w_j` with `avg_factor = 1` and divide the result by `W = Σ w_j` afterwards (methods.md §4);
+    /// `avg_factor = W` gives the same loss in one call.
     pub fn gfl() -> Self {
         GiouLossConfig {
             loss_weight: GFL_GIOU_LOSS_WEIGHT,
