@@ -11,6 +11,7 @@ use cudarc::nvrtc::Ptx;
 #[allow(dead_code)] // variants are used as each op family's CUDA path lands
 pub(crate) enum Module {
     Accumulate,
+    Boxes,
     DistKl,
     Focal,
     GraphConv,
@@ -26,6 +27,7 @@ impl Module {
     fn name(self) -> &'static str {
         match self {
             Module::Accumulate => "accumulate",
+            Module::Boxes => "boxes",
             Module::DistKl => "dist_kl",
             Module::Focal => "focal",
             Module::GraphConv => "graph_conv",
@@ -41,6 +43,7 @@ impl Module {
     fn ptx(self) -> &'static str {
         match self {
             Module::Accumulate => ptx::ACCUMULATE,
+            Module::Boxes => ptx::BOXES,
             Module::DistKl => ptx::DIST_KL,
             Module::Focal => ptx::FOCAL,
             Module::GraphConv => ptx::GRAPH_CONV,

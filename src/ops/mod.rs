@@ -1,6 +1,7 @@
 //! The primitives the distillation methods decompose into. Each op folder holds the public API and
 //! validation (`mod.rs`), the CPU reference (`cpu.rs`) and the CUDA launch wrappers (`cuda.rs`).
 
+pub mod boxes;
 pub mod dist_kl;
 pub mod focal;
 pub mod graph_conv;

@@ -6,6 +6,7 @@
 //! The common key `dtype` (`f32`, `f64`, `f16`, `bf16`) casts the float data inputs before running; boxes,
 //! labels and indices keep their stored dtype.
 
+mod boxes;
 mod dist_kl;
 mod focal;
 mod graph_conv;
@@ -63,6 +64,10 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: shape::OPS,
         run: shape::run,
+    },
+    Family {
+        ops: boxes::OPS,
+        run: boxes::run,
     },
 ];
 
