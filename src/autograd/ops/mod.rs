@@ -10,6 +10,7 @@
 //!   exactly like the official code's `.detach()`;
 //! - configs are the op family's own structs, with the official defaults.
 
+mod boxes;
 mod dist_kl;
 mod focal;
 mod graph_conv;

@@ -401,3 +401,39 @@ mod shape_and_prototype {
         );
     }
 }
+
+mod boxes {
+    use super::*;
+    use crate::ops::boxes::GiouLossConfig;
+
+    #[test]
+    fn distance2bbox_then_giou() {
+        // GFL's chain: distances → boxes around anchor points → GIoU against the targets.
+        let points = t(vec![4.0, 5.0, 10.0, 3.0, 7.5, 7.5], &[3, 2]);
+        let distances = t(
+            vec![1.2, 2.1, 3.3, 0.7, 2.2, 1.4, 0.9, 3.1, 1.7, 2.6, 0.8, 1.9],
+            &[3, 4],
+        );
+        let targets = t(
+            vec![2.0, 3.5, 7.0, 6.0, 8.5, 1.0, 11.2, 6.1, 5.0, 4.0, 9.0, 10.0],
+            &[3, 4],
+        );
+        let w = t(vec![0.5, 1.0, 2.0], &[3]);
+        let cfg = GiouLossConfig::default();
+        check(
+            "distance2bbox + giou_loss",
+            |tp, l, c| {
+                let boxes = tp.distance2bbox(c[0], l[0], None)?;
+                tp.giou_loss(boxes, c[1], Some(c[2]), Some(2.0), &cfg)
+            },
+            &[distances.try_clone().unwrap()],
+            &[points.try_clone().unwrap(), targets, w],
+        );
+        check(
+            "distance2bbox clamped",
+            |tp, l, c| tp.distance2bbox(c[0], l[0], Some((20.0, 20.0))),
+            &[distances],
+            &[points],
+        );
+    }
+}
