@@ -11,7 +11,7 @@ impl Tape {
         let out = Rc::new(op::soft_assignment(&xv, &pv, cfg)?);
         let saved = out.clone();
         let need_p = self.requires_grad(prototypes)?;
-        let cfg = cfg.clone();
+        let cfg = *cfg;
         self.record("soft_assignment", &[x, prototypes], out, move |g| {
             let (gx, gp) = op::soft_assignment_backward(&xv, &pv, &saved, g, &cfg, need_p)?;
             Ok(vec![Some(gx), gp])
