@@ -12,10 +12,12 @@ use cudarc::nvrtc::Ptx;
 pub(crate) enum Module {
     Accumulate,
     DistKl,
+    Elementwise,
     Focal,
     GraphConv,
     Matmul,
     Prototype,
+    Reduce,
     RoiAlign,
     Similarity,
 }
@@ -25,10 +27,12 @@ impl Module {
         match self {
             Module::Accumulate => "accumulate",
             Module::DistKl => "dist_kl",
+            Module::Elementwise => "elementwise",
             Module::Focal => "focal",
             Module::GraphConv => "graph_conv",
             Module::Matmul => "matmul",
             Module::Prototype => "prototype",
+            Module::Reduce => "reduce",
             Module::RoiAlign => "roi_align",
             Module::Similarity => "similarity",
         }
@@ -38,10 +42,12 @@ impl Module {
         match self {
             Module::Accumulate => ptx::ACCUMULATE,
             Module::DistKl => ptx::DIST_KL,
+            Module::Elementwise => ptx::ELEMENTWISE,
             Module::Focal => ptx::FOCAL,
             Module::GraphConv => ptx::GRAPH_CONV,
             Module::Matmul => ptx::MATMUL,
             Module::Prototype => ptx::PROTOTYPE,
+            Module::Reduce => ptx::REDUCE,
             Module::RoiAlign => ptx::ROI_ALIGN,
             Module::Similarity => ptx::SIMILARITY,
         }

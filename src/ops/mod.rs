@@ -2,11 +2,13 @@
 //! validation (`mod.rs`), the CPU reference (`cpu.rs`) and the CUDA launch wrappers (`cuda.rs`).
 
 pub mod dist_kl;
+pub mod elementwise;
 pub mod focal;
 pub mod graph_conv;
 pub mod loss;
 pub mod matmul;
 pub mod prototype;
+pub mod reduce;
 pub mod roi_align;
 pub mod similarity;
 pub(crate) mod validate;
