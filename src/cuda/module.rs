@@ -20,6 +20,7 @@ pub(crate) enum Module {
     Reduce,
     RoiAlign,
     Similarity,
+    Softmax,
 }
 
 impl Module {
@@ -35,6 +36,7 @@ impl Module {
             Module::Reduce => "reduce",
             Module::RoiAlign => "roi_align",
             Module::Similarity => "similarity",
+            Module::Softmax => "softmax",
         }
     }
 
@@ -50,6 +52,7 @@ impl Module {
             Module::Reduce => ptx::REDUCE,
             Module::RoiAlign => ptx::ROI_ALIGN,
             Module::Similarity => ptx::SIMILARITY,
+            Module::Softmax => ptx::SOFTMAX,
         }
     }
 }

@@ -11,4 +11,5 @@ pub mod prototype;
 pub mod reduce;
 pub mod roi_align;
 pub mod similarity;
+pub mod softmax;
 pub(crate) mod validate;

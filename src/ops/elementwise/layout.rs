@@ -36,16 +36,18 @@ pub(crate) fn broadcast_pair(a: &[usize], b: &[usize], names: (&str, &str)) -> R
             (x, y) if x == y => x,
             (1, y) => y,
             (x, 1) => x,
-            (x, y) => return Err(Error::shape(
-                names.1,
-                format!(
+            (x, y) => {
+                return Err(Error::shape(
+                    names.1,
+                    format!(
                     "a shape that broadcasts with `{}`'s {a:?} (trailing dimensions equal or 1; \
                          dimension {} from the right is {x} there but {y} here)",
                     names.0,
                     from_right + 1
                 ),
-                b,
-            )),
+                    b,
+                ))
+            }
         };
     }
     Ok(out)
