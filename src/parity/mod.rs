@@ -7,11 +7,14 @@
 //! labels and indices keep their stored dtype.
 
 mod dist_kl;
+mod elementwise;
 mod focal;
 mod graph_conv;
 mod prototype;
+mod reduce;
 mod roi_align;
 mod similarity;
+mod softmax;
 
 use crate::error::{Error, Result};
 use crate::tensor::io::NamedTensors;
@@ -53,6 +56,18 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: dist_kl::OPS,
         run: dist_kl::run,
+    },
+    Family {
+        ops: elementwise::OPS,
+        run: elementwise::run,
+    },
+    Family {
+        ops: reduce::OPS,
+        run: reduce::run,
+    },
+    Family {
+        ops: softmax::OPS,
+        run: softmax::run,
     },
 ];
 
