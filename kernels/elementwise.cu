@@ -163,11 +163,19 @@ __device__ __forceinline__ float term_value(const T* __restrict__ g, const T* __
 template <typename T>
 __device__ void reduce_thread_impl(const T* __restrict__ g, const T* __restrict__ a, const T* __restrict__ b,
                                    ReduceArgs r, T* __restrict__ out) {
-    const int inner = r.reduced_rank > 0 ? r.reduced_dims[r.reduced_rank - 1] : 1;
-    const int runs = r.per_output / inner;
-    unsigned int step[3];
+    // The innermost reduced dimension, found with constant indices only (a dynamic index into the
+    // by-value argument struct would copy it to local memory).
+    int inner = 1;
+    unsigned int step[3] = {0, 0, 0};
 #pragma unroll
-    for (int s = 0; s < 3; ++s) step[s] = r.reduced_rank > 0 ? r.reduced_strides[s][r.reduced_rank - 1] : 0;
+    for (int d = 0; d < DETKD_MAX_RANK; ++d) {
+        if (d == r.reduced_rank - 1) {
+            inner = r.reduced_dims[d];
+#pragma unroll
+            for (int s = 0; s < 3; ++s) step[s] = (unsigned int)r.reduced_strides[s][d];
+        }
+    }
+    const int runs = r.per_output / inner;
     DETKD_GRID_STRIDE(o, r.outputs) {
         unsigned int base[3];
         reduce_offsets<true>((unsigned int)o, r, base);
