@@ -154,7 +154,7 @@ fn parity_rejects_bad_metadata_and_inputs() {
     sum_file.metadata.insert("shape".into(), "3,x".into());
     assert!(run(&sum_file).contains("`shape`: expected comma-separated"));
     sum_file.metadata.insert("shape".into(), "7".into());
-    assert!(run(&sum_file).contains("broadcasts to x's"));
+    assert!(run(&sum_file).contains("broadcastable to x's"));
     let mut add_file = get("add_bcast_4d");
     add_file.tensors.remove("b");
     assert!(run(&add_file).contains("`b`"));

@@ -18,7 +18,7 @@ pub(crate) fn check_rank(shape: &[usize], arg: &str) -> Result<()> {
     } else {
         Err(Error::shape(
             arg,
-            format!("at most {MAX_RANK} dimensions"),
+            format!("with at most {MAX_RANK} dimensions"),
             shape,
         ))
     }
@@ -40,11 +40,11 @@ pub(crate) fn broadcast_pair(a: &[usize], b: &[usize], names: (&str, &str)) -> R
                 return Err(Error::shape(
                     names.1,
                     format!(
-                    "a shape that broadcasts with `{}`'s {a:?} (trailing dimensions equal or 1; \
-                         dimension {} from the right is {x} there but {y} here)",
-                    names.0,
-                    from_right + 1
-                ),
+                        "broadcast-compatible with `{}`'s {a:?} (trailing dimensions equal or 1; \
+                         dimension {} from the right is {x} there, {y} here)",
+                        names.0,
+                        from_right + 1
+                    ),
                     b,
                 ))
             }
@@ -78,8 +78,8 @@ pub(crate) fn check_reducible(full: &[usize], target: &[usize], arg: &str, of: &
         Err(Error::shape(
             arg,
             format!(
-                "a shape that broadcasts to {of}'s {full:?} (rank at most {}, each trailing dimension \
-                 equal to it or 1)",
+                "broadcastable to {of}'s {full:?} (rank at most {}, each trailing dimension equal \
+                 to it or 1)",
                 full.len()
             ),
             target,

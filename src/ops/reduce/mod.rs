@@ -339,7 +339,7 @@ pub fn max_last_axis_backward(
 fn check_rows(x: &Tensor) -> Result<(usize, usize)> {
     check_float(x, "x")?;
     if x.rank() == 0 {
-        return Err(Error::shape("x", "at least one dimension", x.shape()));
+        return Err(Error::shape("x", "with at least one dimension", x.shape()));
     }
     let cols = x.shape()[x.rank() - 1];
     let rows: usize = x.shape()[..x.rank() - 1].iter().product();
@@ -347,7 +347,7 @@ fn check_rows(x: &Tensor) -> Result<(usize, usize)> {
     if cols == 0 && rows > 0 {
         return Err(Error::shape(
             "x",
-            "a non-empty last axis (the maximum of an empty row is undefined)",
+            "with a non-empty last axis (the maximum of an empty row is undefined)",
             x.shape(),
         ));
     }

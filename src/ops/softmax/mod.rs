@@ -145,7 +145,7 @@ fn check_rows(t: &Tensor, arg: &str, temperature: f64) -> Result<Rows> {
     if t.rank() == 0 {
         return Err(Error::shape(
             arg,
-            "at least one dimension (the softmax runs along the last)",
+            "with at least one dimension (the softmax runs along the last)",
             t.shape(),
         ));
     }
