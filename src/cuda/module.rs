@@ -13,14 +13,17 @@ pub(crate) enum Module {
     Accumulate,
     Boxes,
     DistKl,
+    Elementwise,
     Focal,
     GraphConv,
     Matmul,
     Optim,
     Prototype,
+    Reduce,
     RoiAlign,
     Shape,
     Similarity,
+    Softmax,
 }
 
 impl Module {
@@ -29,14 +32,17 @@ impl Module {
             Module::Accumulate => "accumulate",
             Module::Boxes => "boxes",
             Module::DistKl => "dist_kl",
+            Module::Elementwise => "elementwise",
             Module::Focal => "focal",
             Module::GraphConv => "graph_conv",
             Module::Matmul => "matmul",
             Module::Optim => "optim",
             Module::Prototype => "prototype",
+            Module::Reduce => "reduce",
             Module::RoiAlign => "roi_align",
             Module::Shape => "shape",
             Module::Similarity => "similarity",
+            Module::Softmax => "softmax",
         }
     }
 
@@ -45,14 +51,17 @@ impl Module {
             Module::Accumulate => ptx::ACCUMULATE,
             Module::Boxes => ptx::BOXES,
             Module::DistKl => ptx::DIST_KL,
+            Module::Elementwise => ptx::ELEMENTWISE,
             Module::Focal => ptx::FOCAL,
             Module::GraphConv => ptx::GRAPH_CONV,
             Module::Matmul => ptx::MATMUL,
             Module::Optim => ptx::OPTIM,
             Module::Prototype => ptx::PROTOTYPE,
+            Module::Reduce => ptx::REDUCE,
             Module::RoiAlign => ptx::ROI_ALIGN,
             Module::Shape => ptx::SHAPE,
             Module::Similarity => ptx::SIMILARITY,
+            Module::Softmax => ptx::SOFTMAX,
         }
     }
 }

@@ -3,13 +3,16 @@
 
 pub mod boxes;
 pub mod dist_kl;
+pub mod elementwise;
 pub mod focal;
 pub mod graph_conv;
 pub mod loss;
 pub mod matmul;
 pub mod optim;
 pub mod prototype;
+pub mod reduce;
 pub mod roi_align;
 pub mod shape;
 pub mod similarity;
+pub mod softmax;
 pub(crate) mod validate;

@@ -8,13 +8,16 @@
 
 mod boxes;
 mod dist_kl;
+mod elementwise;
 mod focal;
 mod graph_conv;
 mod optim;
 mod prototype;
+mod reduce;
 mod roi_align;
 mod shape;
 mod similarity;
+mod softmax;
 
 use crate::error::{Error, Result};
 use crate::tensor::io::NamedTensors;
@@ -68,6 +71,18 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: boxes::OPS,
         run: boxes::run,
+    },
+    Family {
+        ops: elementwise::OPS,
+        run: elementwise::run,
+    },
+    Family {
+        ops: reduce::OPS,
+        run: reduce::run,
+    },
+    Family {
+        ops: softmax::OPS,
+        run: softmax::run,
     },
 ];
 
