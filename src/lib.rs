@@ -18,6 +18,7 @@
 
 pub mod autograd;
 pub mod cuda;
+pub mod distill;
 pub mod engine;
 pub mod error;
 pub mod nn;

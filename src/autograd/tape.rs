@@ -171,9 +171,8 @@ impl Tape {
                 value.shape(),
             ));
         }
-        let seed = Tensor::from_vec(vec![1.0f64], value.shape())?
-            .into_dtype(value.dtype())?
-            .to_device(&value.device())?;
+        let seed =
+            crate::ops::elementwise::full(value.shape(), 1.0, value.dtype(), &value.device())?;
         self.backward_with(loss, seed)
     }
 
@@ -217,7 +216,7 @@ impl Tape {
                 };
                 check_grad(&nodes[parent], &g, node.op, parent)?;
                 match &mut grads[parent] {
-                    Some(acc) => accumulate(acc, &g)?,
+                    Some(acc) => crate::ops::elementwise::add_scaled(acc, &g, 1.0)?,
                     slot @ None => *slot = Some(g),
                 }
             }
@@ -272,20 +271,6 @@ impl Tape {
         }
         Ok(())
     }
-}
-
-/// `acc += g` (same shape, dtype and device, checked by the caller).
-fn accumulate(acc: &mut Tensor, g: &Tensor) -> Result<()> {
-    let sum: Vec<f64> = acc
-        .to_vec::<f64>()?
-        .iter()
-        .zip(g.to_vec::<f64>()?)
-        .map(|(a, b)| a + b)
-        .collect();
-    *acc = Tensor::from_vec(sum, acc.shape())?
-        .into_dtype(acc.dtype())?
-        .to_device(&acc.device())?;
-    Ok(())
 }
 
 fn in_backward(op: &str, index: usize, e: Error) -> Error {

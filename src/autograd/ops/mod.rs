@@ -12,6 +12,7 @@
 
 mod boxes;
 mod dist_kl;
+mod elementwise;
 mod focal;
 mod graph_conv;
 mod matmul;

@@ -437,3 +437,160 @@ mod boxes {
         );
     }
 }
+
+mod elementwise {
+    use super::*;
+
+    #[test]
+    fn broadcasting_binary_ops() {
+        let mut rng = Rng::new(10);
+        let a = randn(&mut rng, &[2, 3, 4]);
+        let b = randn(&mut rng, &[1, 3, 1]);
+        let positive = t((0..3).map(|i| 1.0 + i as f64 * 0.5).collect(), &[1, 3, 1]);
+        for (name, op) in [("add", 0), ("sub", 1), ("mul", 2)] {
+            check(
+                name,
+                |tp, l, _| match op {
+                    0 => tp.add(l[0], l[1]),
+                    1 => tp.sub(l[0], l[1]),
+                    _ => tp.mul(l[0], l[1]),
+                },
+                &[a.try_clone().unwrap(), b.try_clone().unwrap()],
+                &[],
+            );
+        }
+        check(
+            "div",
+            |tp, l, _| tp.div(l[0], l[1]),
+            &[a.try_clone().unwrap(), positive],
+            &[],
+        );
+        check(
+            "scale and broadcast_to",
+            |tp, l, _| {
+                let s = tp.scale(l[0], -1.5)?;
+                tp.broadcast_to(s, &[2, 2, 3, 1])
+            },
+            &[b],
+            &[],
+        );
+    }
+
+    #[test]
+    fn unary_ops_away_from_kinks() {
+        let mut rng = Rng::new(11);
+        // |x| ≥ 0.1 keeps relu/abs away from 0; log/sqrt get positive inputs.
+        let x: Vec<f64> = rng
+            .normal_vec(12)
+            .into_iter()
+            .map(|v| if v.abs() < 0.1 { v + 0.3 } else { v })
+            .collect();
+        let x = t(x, &[3, 4]);
+        let positive = t((0..12).map(|i| 0.2 + i as f64 * 0.3).collect(), &[3, 4]);
+        for name in ["neg", "relu", "sigmoid", "exp", "square", "abs"] {
+            check(
+                name,
+                |tp, l, _| match name {
+                    "neg" => tp.neg(l[0]),
+                    "relu" => tp.relu(l[0]),
+                    "sigmoid" => tp.sigmoid(l[0]),
+                    "exp" => tp.exp(l[0]),
+                    "square" => tp.square(l[0]),
+                    _ => tp.abs(l[0]),
+                },
+                &[x.try_clone().unwrap()],
+                &[],
+            );
+        }
+        for name in ["log", "sqrt"] {
+            check(
+                name,
+                |tp, l, _| {
+                    if name == "log" {
+                        tp.log(l[0])
+                    } else {
+                        tp.sqrt(l[0])
+                    }
+                },
+                &[positive.try_clone().unwrap()],
+                &[],
+            );
+        }
+    }
+
+    #[test]
+    fn reductions_softmax_and_norms() {
+        let mut rng = Rng::new(12);
+        let x = randn(&mut rng, &[2, 3, 5]);
+        let y = randn(&mut rng, &[2, 3, 5]);
+        check(
+            "sum_all",
+            |tp, l, _| tp.sum_all(l[0]),
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "mean_all",
+            |tp, l, _| tp.mean_all(l[0]),
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "sum_axes keepdim",
+            |tp, l, _| tp.sum_axes(l[0], &[0, -1], true),
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "mean_axes",
+            |tp, l, _| tp.mean_axes(l[0], &[1], false),
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "max_last_axis values",
+            |tp, l, _| Ok(tp.max_last_axis(l[0])?.0),
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        for temperature in [1.0, 2.5] {
+            check(
+                "softmax",
+                |tp, l, _| tp.softmax(l[0], temperature),
+                &[x.try_clone().unwrap()],
+                &[],
+            );
+            check(
+                "log_softmax",
+                |tp, l, _| tp.log_softmax(l[0], temperature),
+                &[x.try_clone().unwrap()],
+                &[],
+            );
+        }
+        check(
+            "mse_loss",
+            |tp, l, _| tp.mse_loss(l[0], l[1]),
+            &[x.try_clone().unwrap(), y.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "frobenius distance",
+            |tp, l, c| {
+                let d = tp.sub(l[0], c[0])?;
+                tp.frobenius_norm(d)
+            },
+            &[x.try_clone().unwrap()],
+            &[y],
+        );
+    }
+
+    #[test]
+    fn frobenius_norm_of_zero_has_zero_gradient() {
+        let tape = Tape::new();
+        let x = tape.leaf(t(vec![0.0; 4], &[2, 2]));
+        let n = tape.frobenius_norm(x).unwrap();
+        assert_eq!(tape.value(n).unwrap().to_vec::<f64>().unwrap(), vec![0.0]);
+        let g = tape.backward(n).unwrap();
+        assert_eq!(g.get(x).unwrap().to_vec::<f64>().unwrap(), vec![0.0; 4]);
+    }
+}
