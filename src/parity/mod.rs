@@ -6,10 +6,13 @@
 //! The common key `dtype` (`f32`, `f64`, `f16`, `bf16`) casts the float data inputs before running; boxes,
 //! labels and indices keep their stored dtype.
 
+mod conv2d;
 mod dist_kl;
 mod focal;
 mod graph_conv;
+mod norm;
 mod prototype;
+mod resize;
 mod roi_align;
 mod similarity;
 
@@ -53,6 +56,18 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: dist_kl::OPS,
         run: dist_kl::run,
+    },
+    Family {
+        ops: conv2d::OPS,
+        run: conv2d::run,
+    },
+    Family {
+        ops: resize::OPS,
+        run: resize::run,
+    },
+    Family {
+        ops: norm::OPS,
+        run: norm::run,
     },
 ];
 
