@@ -7,13 +7,16 @@
 //! labels and indices keep their stored dtype.
 
 mod boxes;
+mod conv2d;
 mod dist_kl;
 mod elementwise;
 mod focal;
 mod graph_conv;
+mod norm;
 mod optim;
 mod prototype;
 mod reduce;
+mod resize;
 mod roi_align;
 mod shape;
 mod similarity;
@@ -83,6 +86,18 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: softmax::OPS,
         run: softmax::run,
+    },
+    Family {
+        ops: conv2d::OPS,
+        run: conv2d::run,
+    },
+    Family {
+        ops: resize::OPS,
+        run: resize::run,
+    },
+    Family {
+        ops: norm::OPS,
+        run: norm::run,
     },
 ];
 

@@ -186,3 +186,126 @@ fn bad_operands_are_clear_errors() {
         vec![0.0; 4]
     );
 }
+
+/// Shapes that reach each of `gemm`'s code paths: the small-output dot-product kernel (M·N ≤ 256), the
+/// matrix-vector paths (M or N = 1), K ≤ 2, edge tiles, and blocked products with several K blocks.
+const ORACLE_SHAPES: [(usize, usize, usize, usize); 10] = [
+    (1, 1, 1, 7),
+    (1, 5, 3, 2),
+    (1, 13, 1, 300),
+    (1, 1, 29, 64),
+    (2, 16, 16, 33),
+    (1, 67, 45, 129),
+    (3, 9, 70, 40),
+    (1, 130, 257, 600),
+    (1, 64, 400, 576),
+    (2, 100, 90, 1100),
+];
+
+#[test]
+fn gemm_matches_the_blocked_reference() {
+    let mut rng = Rng::new(11);
+    for &(batch, m, n, k) in &ORACLE_SHAPES {
+        for trans_a in [false, true] {
+            for trans_b in [false, true] {
+                let d = Dims {
+                    batch,
+                    m,
+                    n,
+                    k,
+                    trans_a,
+                    trans_b,
+                };
+                let a = rng.normal_vec(batch * m * k);
+                let b = rng.normal_vec(batch * k * n);
+                let what = format!("{batch}x{m}x{n}x{k} ta={trans_a} tb={trans_b}");
+                let want = cpu::reference::<f64>(&a, &b, &d);
+                assert_close(
+                    &format!("f64 {what}"),
+                    &cpu::matmul::<f64>(&a, &b, &d),
+                    &want,
+                    1e-13,
+                );
+                let (a32, b32): (Vec<f32>, Vec<f32>) = (
+                    a.iter().map(|&v| v as f32).collect(),
+                    b.iter().map(|&v| v as f32).collect(),
+                );
+                let want32: Vec<f64> = cpu::reference::<f32>(&a32, &b32, &d)
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                let got32: Vec<f64> = cpu::matmul::<f32>(&a32, &b32, &d)
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                assert_close(&format!("f32 {what}"), &got32, &want32, 2e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut rng = Rng::new(12);
+    for &(batch, m, n, k) in &ORACLE_SHAPES {
+        for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+            let d = Dims {
+                batch,
+                m,
+                n,
+                k,
+                trans_a,
+                trans_b,
+            };
+            let a: Vec<f32> = (0..batch * m * k).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..batch * k * n).map(|_| rng.normal() as f32).collect();
+            let serial = cpu::matmul_with(&a, &b, &d, gemm::Parallelism::None);
+            for threads in 1..=4 {
+                let parallel = cpu::matmul_with(&a, &b, &d, gemm::Parallelism::Rayon(threads));
+                let same = serial
+                    .iter()
+                    .zip(&parallel)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "{batch}x{m}x{n}x{k} ta={trans_a} tb={trans_b}: {threads} threads differ"
+                );
+            }
+            assert_eq!(
+                serial,
+                cpu::matmul(&a, &b, &d),
+                "the default pool gives the same bits"
+            );
+        }
+    }
+}
+
+#[test]
+fn large_products_split_across_threads_give_the_serial_bits() {
+    // Big enough that gemm really parallelises (its threading threshold is 48·48·256 multiply-adds).
+    let mut rng = Rng::new(13);
+    for (m, n, k, trans_a, trans_b) in [(64, 6400, 576, false, false), (512, 512, 512, true, true)]
+    {
+        let d = Dims {
+            batch: 1,
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+        };
+        let a: Vec<f64> = rng.normal_vec(m * k);
+        let b: Vec<f64> = rng.normal_vec(k * n);
+        let serial = cpu::matmul_with(&a, &b, &d, gemm::Parallelism::None);
+        for threads in [2, 3, 8] {
+            let parallel = cpu::matmul_with(&a, &b, &d, gemm::Parallelism::Rayon(threads));
+            assert!(
+                serial
+                    .iter()
+                    .zip(&parallel)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{m}x{n}x{k}: {threads} threads differ"
+            );
+        }
+    }
+}
