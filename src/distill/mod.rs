@@ -73,3 +73,136 @@ pub struct LossTerm {
     pub name: &'static str,
     pub value: Var,
 }
+
+/// Channel widths of a detector, for methods that size adapters to the student and teacher.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectorShape {
+    /// Channels of every backbone stage (finest first).
+    pub stage_channels: Vec<usize>,
+    /// FPN width.
+    pub fpn_channels: usize,
+    pub num_classes: usize,
+    pub reg_max: usize,
+}
+
+/// Per-step information a method may need besides the two forwards.
+#[derive(Clone, Copy, Debug)]
+pub struct StepContext<'a> {
+    /// The student's label assignment of this batch (positives, ground truth, ATSS thresholds).
+    pub assignment: &'a DenseAssignment,
+    /// What the student's GFL loss computed at the positives (LD reuses `w_j` and the gathered logits).
+    pub student_gfl: Option<&'a gfl::GflLossOutput>,
+    /// Zero-based epoch and the schedule's length (GKD attenuates its feature loss with `1 − epoch/E`).
+    pub epoch: usize,
+    pub num_epochs: usize,
+    /// A seed that differs every step (DRKD's random relation filter, background-box sampling).
+    pub step_seed: u64,
+    /// Padded input size `(H, W)` in pixels.
+    pub image_size: (usize, usize),
+}
+
+/// A distillation method as the engine runs it: a set of weighted loss terms for one batch, from the
+/// student forward (with gradients), the teacher forward (constants) and the step context. Methods with
+/// trainable parts (adapters, relation modules) registered them in the student's [`ParamStore`] when they
+/// were built, under `distill.<method>.`; `b` binds that store.
+///
+/// [`ParamStore`]: crate::nn::ParamStore
+pub trait Distiller {
+    /// Short name (`ld`, `dsig`, `gkd`, `drkd`, `hgd`), used in logs and reports.
+    fn name(&self) -> &'static str;
+
+    /// The method's weighted terms for this batch (each shape `[]`).
+    fn loss(
+        &self,
+        b: &crate::nn::Bound,
+        store: &crate::nn::ParamStore,
+        student: &DetectorOutputs,
+        teacher: &DetectorOutputs,
+        ctx: &StepContext<'_>,
+        updates: &mut crate::nn::BufferUpdates,
+    ) -> crate::error::Result<Vec<LossTerm>>;
+}
+
+/// The result of a method's embedding entry (`compute`): loss values on the host, the gradients with
+/// respect to every student tensor passed in (same order, same shapes, dtypes and devices) and with
+/// respect to the method's own trainable parameters.
+#[derive(Debug)]
+pub struct MethodGradients {
+    /// The total (sum of the weighted terms).
+    pub loss: f64,
+    pub terms: Vec<(&'static str, f64)>,
+    pub student_grads: Vec<crate::Tensor>,
+    pub param_grads: Vec<(crate::nn::ParamId, crate::Tensor)>,
+}
+
+/// Runs a method's terms on a private tape for the embedding entries: `student` tensors become leaves (they
+/// are copied onto the tape), `teacher` tensors constants, `store` (the method's parameters, may be empty) is
+/// bound for training; returns the summed loss, each term, and the gradients.
+pub fn run_on_tape(
+    store: &crate::nn::ParamStore,
+    student: &[&crate::Tensor],
+    teacher: &[&crate::Tensor],
+    build: impl FnOnce(
+        &crate::autograd::Tape,
+        &crate::nn::Bound,
+        &[Var],
+        &[Var],
+    ) -> crate::error::Result<Vec<LossTerm>>,
+) -> crate::error::Result<MethodGradients> {
+    use crate::error::Error;
+    let tape = crate::autograd::Tape::new();
+    let bound = store.bind(&tape);
+    let s: Vec<Var> = student
+        .iter()
+        .map(|t| Ok(tape.leaf(t.try_clone()?)))
+        .collect::<crate::error::Result<_>>()?;
+    let t: Vec<Var> = teacher
+        .iter()
+        .map(|t| Ok(tape.constant(t.try_clone()?)))
+        .collect::<crate::error::Result<_>>()?;
+    let terms = build(&tape, &bound, &s, &t)?;
+    let first = terms
+        .first()
+        .ok_or_else(|| Error::invalid("terms", "the method produced no loss term"))?;
+    let mut total = first.value;
+    for term in &terms[1..] {
+        total = tape.add(total, term.value)?;
+    }
+    let mut values = Vec::with_capacity(terms.len());
+    for term in &terms {
+        values.push((term.name, ops_scalar(&tape, term.value)?));
+    }
+    let loss = ops_scalar(&tape, total)?;
+    let mut grads = tape.backward(total)?;
+    let student_grads = s
+        .iter()
+        .zip(student)
+        .map(|(&v, t)| match grads.take(v) {
+            Some(g) => Ok(g),
+            None => crate::Tensor::zeros(t.shape(), t.dtype(), &t.device()),
+        })
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    let param_grads = bound
+        .gradients(store, &mut grads)
+        .into_iter()
+        .filter_map(|(id, g)| g.map(|g| (id, g)))
+        .collect();
+    Ok(MethodGradients {
+        loss,
+        terms: values,
+        student_grads,
+        param_grads,
+    })
+}
+
+fn ops_scalar(tape: &crate::autograd::Tape, v: Var) -> crate::error::Result<f64> {
+    let t = tape.value(v)?;
+    if t.numel() != 1 {
+        return Err(crate::error::Error::shape(
+            "loss term",
+            "a scalar",
+            t.shape(),
+        ));
+    }
+    Ok(t.to_vec::<f64>()?[0])
+}

@@ -5,3 +5,4 @@
 pub mod assign;
 pub mod data;
 pub mod eval;
+pub mod model;

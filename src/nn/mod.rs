@@ -2,6 +2,8 @@
 //! layers the detector and the distillation adapters are built from.
 
 pub mod init;
+pub mod layers;
 pub mod params;
 
+pub use layers::{BatchNorm2d, BufferUpdates, Conv2d, ConvSpec, GroupNorm, Linear, WeightInit};
 pub use params::{Bound, ParamId, ParamKind, ParamStore};

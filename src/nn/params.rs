@@ -142,6 +142,16 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Converts every float entry to `dtype` (e.g. f64 for a gradient check); integer buffers keep theirs.
+    pub fn to_dtype(&mut self, dtype: crate::DType) -> Result<()> {
+        for entry in &mut self.entries {
+            if entry.value.dtype().is_float() && entry.value.dtype() != dtype {
+                entry.value = Rc::new(entry.value.to_dtype(dtype)?);
+            }
+        }
+        Ok(())
+    }
+
     /// Moves every entry to `device`.
     pub fn to_device(&mut self, device: &Device) -> Result<()> {
         for entry in &mut self.entries {

@@ -11,15 +11,20 @@
 //! - configs are the op family's own structs, with the official defaults.
 
 mod boxes;
+mod conv2d;
 mod dist_kl;
 mod elementwise;
 mod focal;
 mod graph_conv;
 mod matmul;
+mod norm;
 mod prototype;
+mod resize;
 mod roi_align;
 mod shape;
 mod similarity;
+
+pub use norm::UpdatedRunningStats;
 
 use super::Var;
 use crate::error::{Error, Result};

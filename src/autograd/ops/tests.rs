@@ -594,3 +594,105 @@ mod elementwise {
         assert_eq!(g.get(x).unwrap().to_vec::<f64>().unwrap(), vec![0.0; 4]);
     }
 }
+
+mod nn_ops {
+    use super::*;
+    use crate::ops::conv2d::Conv2dConfig;
+    use crate::ops::norm::{BatchNormConfig, GroupNormConfig};
+
+    #[test]
+    fn conv2d_with_and_without_bias() {
+        let mut rng = Rng::new(13);
+        let x = randn(&mut rng, &[2, 3, 5, 6]);
+        let w = randn(&mut rng, &[4, 3, 3, 3]);
+        let b = randn(&mut rng, &[4]);
+        let cfg = Conv2dConfig::square(2, 1, 1);
+        check(
+            "conv2d",
+            |tp, l, _| tp.conv2d(l[0], l[1], Some(l[2]), &cfg),
+            &[x.try_clone().unwrap(), w.try_clone().unwrap(), b],
+            &[],
+        );
+        let one = randn(&mut rng, &[5, 3, 1, 1]);
+        check(
+            "conv2d 1x1, constant input",
+            |tp, l, c| tp.conv2d(c[0], l[0], None, &Conv2dConfig::default()),
+            &[one],
+            &[x],
+        );
+    }
+
+    #[test]
+    fn resize_and_upsample() {
+        let mut rng = Rng::new(14);
+        let x = randn(&mut rng, &[1, 2, 3, 4]);
+        check(
+            "resize_bilinear up",
+            |tp, l, _| tp.resize_bilinear(l[0], (5, 7)),
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "resize_bilinear down",
+            |tp, l, _| tp.resize_bilinear(l[0], (2, 3)),
+            &[x.try_clone().unwrap()],
+            &[],
+        );
+        check(
+            "upsample_nearest2x",
+            |tp, l, _| tp.upsample_nearest2x(l[0]),
+            &[x],
+            &[],
+        );
+    }
+
+    #[test]
+    fn group_and_batch_norm() {
+        let mut rng = Rng::new(15);
+        let x = randn(&mut rng, &[2, 4, 3, 3]);
+        let g = randn(&mut rng, &[4]);
+        let b = randn(&mut rng, &[4]);
+        let gn = GroupNormConfig {
+            num_groups: 2,
+            ..Default::default()
+        };
+        check(
+            "group_norm",
+            |tp, l, _| tp.group_norm(l[0], Some(l[1]), Some(l[2]), &gn),
+            &[
+                x.try_clone().unwrap(),
+                g.try_clone().unwrap(),
+                b.try_clone().unwrap(),
+            ],
+            &[],
+        );
+        check(
+            "batch_norm_train",
+            |tp, l, _| {
+                Ok(tp
+                    .batch_norm_train(
+                        l[0],
+                        Some(l[1]),
+                        Some(l[2]),
+                        None,
+                        &BatchNormConfig::default(),
+                    )?
+                    .0)
+            },
+            &[
+                x.try_clone().unwrap(),
+                g.try_clone().unwrap(),
+                b.try_clone().unwrap(),
+            ],
+            &[],
+        );
+        let mean = t(vec![0.1, -0.2, 0.3, 0.0], &[4]);
+        let var = t(vec![1.5, 0.5, 2.0, 1.0], &[4]);
+        check(
+            "batch_norm_eval",
+            |tp, l, c| tp.batch_norm_eval(l[0], Some(c[0]), Some(c[1]), (&mean, &var), 1e-5),
+            &[x],
+            &[g, b],
+        );
+    }
+}
