@@ -1,6 +1,7 @@
-//! The `detkd` command line.
+//! The `detkd` command line: `demo` (the main job), `train`, `distill`, `eval` and `parity`.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use detkd::engine::jobs as cli;
 use detkd::tensor::io;
 use detkd::{Device, Result};
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 #[command(
     name = "detkd",
     version,
-    about = "CUDA kernels for knowledge distillation of object detectors"
+    about = "Knowledge distillation of object detectors: CUDA kernels, CPU references and a teacher-student engine"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -19,6 +20,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a TinyGFL detector from scratch and write a safetensors checkpoint.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint with COCO metrics.
+    Eval(EvalArgs),
     /// Run one op on the tensors of a safetensors file (op and config in its metadata) and write the output
     /// and the input gradients, to compare detkd with a reference implementation.
     Parity {
@@ -39,6 +44,87 @@ enum DeviceArg {
     Cuda,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum AutoDevice {
+    /// CUDA when a usable device is present, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl AutoDevice {
+    fn resolve(self) -> Result<Device> {
+        Ok(match self {
+            AutoDevice::Auto => detkd::cuda::default_device(),
+            AutoDevice::Cpu => Device::Cpu,
+            AutoDevice::Cuda => Device::Cuda(detkd::cuda::probe()?),
+        })
+    }
+}
+
+/// Where the images come from.
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// COCO-format annotation file (with --images); without it, the synthetic shapes set is used.
+    #[arg(long, requires = "images")]
+    annotations: Option<PathBuf>,
+    /// Image folder of --annotations.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// COCO-format validation annotation file (with --val-images).
+    #[arg(long, requires = "val_images")]
+    val_annotations: Option<PathBuf>,
+    #[arg(long)]
+    val_images: Option<PathBuf>,
+    /// Synthetic set: training images.
+    #[arg(long, default_value_t = 1200)]
+    train_size: usize,
+    /// Synthetic set: validation images.
+    #[arg(long, default_value_t = 300)]
+    val_size: usize,
+    /// Synthetic set: seed of the images (the split seeds derive from it).
+    #[arg(long, default_value_t = 2024)]
+    data_seed: u64,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Architecture preset.
+    #[arg(long, value_enum, default_value_t = cli::Preset::Student)]
+    preset: cli::Preset,
+    /// JSON file overriding any training or model setting (see README, `detkd train`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, value_enum, default_value_t = AutoDevice::Auto)]
+    device: AutoDevice,
+    /// Checkpoint to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Metrics, one JSON object per step (and a final evaluation line).
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Checkpoint to evaluate (its architecture is read from its metadata).
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, value_enum, default_value_t = AutoDevice::Auto)]
+    device: AutoDevice,
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,8 +135,80 @@ fn main() -> ExitCode {
     }
 }
 
+fn data_source(d: &DataArgs) -> cli::DataSource {
+    match (&d.annotations, &d.images) {
+        (Some(a), Some(i)) => cli::DataSource::Coco {
+            train: (a.clone(), i.clone()),
+            val: d.val_annotations.clone().zip(d.val_images.clone()),
+        },
+        _ => cli::DataSource::Synthetic {
+            train_size: d.train_size,
+            val_size: d.val_size,
+            seed: d.data_seed,
+        },
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train(args) => {
+            let device = args.device.resolve()?;
+            let (train_set, val_set) = cli::load_data(&data_source(&args.data))?;
+            let overrides = cli::TrainOverrides {
+                epochs: args.epochs,
+                batch_size: args.batch_size,
+                lr: args.lr,
+                seed: args.seed,
+            };
+            let (model, settings) = cli::job_settings(
+                args.preset,
+                train_set.num_classes(),
+                args.config.as_deref(),
+                &overrides,
+            )?;
+            let mut metrics = cli::MetricsLog::create(args.metrics.as_deref())?;
+            eprintln!(
+                "training {:?} on {} images ({} epochs, batch {}) on {device}",
+                args.preset,
+                train_set.len(),
+                settings.epochs,
+                settings.batch_size
+            );
+            let (_, outcome) = cli::run_training(
+                "train",
+                &model,
+                &settings,
+                train_set.as_ref(),
+                val_set.as_ref(),
+                &device,
+                None,
+                None,
+                Some(&args.output),
+                &mut metrics,
+            )?;
+            println!(
+                "trained {} steps in {:.1} s ({:.1} img/s); wrote {}",
+                outcome.summary.iterations,
+                outcome.summary.wall_seconds,
+                outcome.summary.images as f64 / outcome.summary.wall_seconds,
+                args.output.display()
+            );
+            cli::print_stats(&outcome.stats);
+            Ok(())
+        }
+        Command::Eval(args) => {
+            let device = args.device.resolve()?;
+            let detector = cli::load_checkpoint(&args.checkpoint)?;
+            let (_, val_set) = cli::load_data(&data_source(&args.data))?;
+            let (stats, _) = detkd::engine::train::evaluate(
+                &detector,
+                val_set.as_ref(),
+                &Default::default(),
+                &device,
+            )?;
+            cli::print_stats(&stats);
+            Ok(())
+        }
         Command::Parity {
             input,
             output,

@@ -203,6 +203,71 @@ pub fn atss_assign(
     })
 }
 
+/// The anchor levels of a padded input of `(height, width)` pixels for FPN `strides` (maps of
+/// `⌈H/s⌉ × ⌈W/s⌉`, as the stride-2 convolutions with padding produce).
+pub fn levels_for(image_size: (usize, usize), strides: &[f64]) -> Vec<AnchorLevel> {
+    strides
+        .iter()
+        .map(|&s| AnchorLevel {
+            height: (image_size.0 as f64 / s).ceil() as usize,
+            width: (image_size.1 as f64 / s).ceil() as usize,
+            stride: s,
+        })
+        .collect()
+}
+
+/// ATSS over a whole batch: one [`crate::distill::DenseAssignment`] over the flattened anchors
+/// (`image · A + anchor`), with every image's boxes and thresholds.
+pub fn assign_batch(
+    images: &[crate::distill::ImageTargets],
+    levels: &[AnchorLevel],
+    anchor_scale: f64,
+    cfg: &AtssConfig,
+) -> Result<crate::distill::DenseAssignment> {
+    let (boxes, counts) = anchors(levels, anchor_scale);
+    let a = boxes.len();
+    let mut strides = Vec::with_capacity(a);
+    for (level, &count) in levels.iter().zip(&counts) {
+        strides.extend(std::iter::repeat(level.stride).take(count));
+    }
+    let points: Vec<[f64; 2]> = boxes
+        .iter()
+        .map(|b| [(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0])
+        .collect();
+    let mut out = crate::distill::DenseAssignment {
+        batch: images.len(),
+        anchors_per_image: a,
+        points,
+        strides,
+        anchor_boxes: boxes.clone(),
+        ..Default::default()
+    };
+    for (b, image) in images.iter().enumerate() {
+        if image.boxes.len() != image.labels.len() {
+            return Err(Error::invalid(
+                "targets",
+                format!(
+                    "image {b} has {} boxes but {} labels",
+                    image.boxes.len(),
+                    image.labels.len()
+                ),
+            ));
+        }
+        let assignment = atss_assign(&boxes, &counts, &image.boxes, cfg)
+            .map_err(|e| Error::invalid("targets", format!("image {b}: {e}")))?;
+        for (anchor, gt) in assignment.gt_index.iter().enumerate() {
+            if let Some(g) = *gt {
+                out.positives.push(b * a + anchor);
+                out.positive_boxes.push(image.boxes[g]);
+                out.positive_labels.push(image.labels[g]);
+            }
+        }
+        out.images.push(image.clone());
+        out.thresholds.push(assignment.thresholds);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

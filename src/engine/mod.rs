@@ -5,4 +5,7 @@
 pub mod assign;
 pub mod data;
 pub mod eval;
+pub mod jobs;
 pub mod model;
+pub mod optim;
+pub mod train;

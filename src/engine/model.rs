@@ -26,7 +26,8 @@ use crate::nn::{
 use crate::testing::Rng;
 
 /// Widths and depths of a [`TinyGfl`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TinyGflConfig {
     pub num_classes: usize,
     pub stem_channels: usize,

@@ -1,0 +1,472 @@
+//! The jobs behind the `detkd` command line (`train`, `eval`, and the teacher–student jobs): settings from
+//! presets, JSON config files and flags; data sources; progress bars and JSONL metrics; checkpoints whose
+//! metadata records the architecture, so `eval` needs nothing but the file.
+
+use super::data::{CocoDataset, Dataset, SyntheticConfig, SyntheticShapes};
+use super::eval::CocoStats;
+use super::model::TinyGflConfig;
+use super::optim::OptimizerConfig;
+use super::train::{evaluate, train, Detector, EvalConfig, StepRecord, TrainConfig};
+
+use crate::error::{Error, Result};
+use crate::ops::optim::{AdamWConfig, SgdConfig};
+use crate::tensor::Device;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Checkpoint metadata key holding the architecture as JSON.
+pub const MODEL_KEY: &str = "detkd.model";
+/// Checkpoint metadata key holding the class names as a JSON list.
+pub const CLASSES_KEY: &str = "detkd.classes";
+
+/// Architecture presets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    Teacher,
+    Student,
+}
+
+impl Preset {
+    pub fn config(self, num_classes: usize) -> TinyGflConfig {
+        match self {
+            Preset::Teacher => TinyGflConfig::teacher(num_classes),
+            Preset::Student => TinyGflConfig::student(num_classes),
+        }
+    }
+}
+
+/// The training settings a config file or the flags can set (a flat, serialisable view of
+/// [`TrainConfig`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSettings {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// `sgd` or `adamw`.
+    pub optimizer: String,
+    pub lr: f64,
+    /// SGD momentum (ignored by AdamW).
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub warmup_iters: usize,
+    pub grad_clip: Option<f64>,
+    /// Resize target (square side), or none.
+    pub image_size: Option<usize>,
+    pub flip_probability: f64,
+    pub anchor_scale: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainSettings {
+    /// The demo's schedule on the synthetic set: AdamW, lr 2e-3, batch 16, 8 epochs.
+    fn default() -> Self {
+        TrainSettings {
+            epochs: 8,
+            batch_size: 16,
+            optimizer: "adamw".into(),
+            lr: 2e-3,
+            momentum: 0.9,
+            weight_decay: 0.05,
+            warmup_iters: 50,
+            grad_clip: Some(10.0),
+            image_size: None,
+            flip_probability: 0.5,
+            anchor_scale: 4.0,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainSettings {
+    pub fn to_config(&self) -> Result<TrainConfig> {
+        let optimizer = match self.optimizer.as_str() {
+            "sgd" => OptimizerConfig::Sgd(SgdConfig {
+                lr: self.lr,
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                ..Default::default()
+            }),
+            "adamw" => OptimizerConfig::AdamW(AdamWConfig {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                ..Default::default()
+            }),
+            other => {
+                return Err(Error::invalid(
+                    "optimizer",
+                    format!("expected `sgd` or `adamw`, got `{other}`"),
+                ))
+            }
+        };
+        Ok(TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            optimizer,
+            warmup_iters: self.warmup_iters,
+            grad_clip: self.grad_clip,
+            image_size: self.image_size.map(|s| (s, s)),
+            flip_probability: self.flip_probability,
+            anchor_scale: self.anchor_scale,
+            seed: self.seed,
+            ..TrainConfig::default()
+        })
+    }
+}
+
+/// Overlays the keys of `patch` (a JSON object) on `base`, rejecting keys `base` does not have.
+fn overlay<T: Serialize + for<'de> Deserialize<'de>>(
+    base: &T,
+    patch: &serde_json::Value,
+    what: &str,
+) -> Result<T> {
+    let mut value = serde_json::to_value(base)
+        .map_err(|e| Error::invalid(what, format!("cannot serialise: {e}")))?;
+    let (Some(target), Some(fields)) = (value.as_object_mut(), patch.as_object()) else {
+        return Err(Error::invalid(what, "expected a JSON object"));
+    };
+    for (k, v) in fields {
+        if !target.contains_key(k) {
+            let known: Vec<&String> = target.keys().collect();
+            return Err(Error::invalid(
+                what,
+                format!("unknown key `{k}` (known: {known:?})"),
+            ));
+        }
+        target.insert(k.clone(), v.clone());
+    }
+    serde_json::from_value(value).map_err(|e| Error::invalid(what, e.to_string()))
+}
+
+/// Reads a JSON config file `{ "model": {…}, "train": {…} }` (both optional) over the given defaults.
+pub fn read_config(
+    path: &Path,
+    model: &TinyGflConfig,
+    train: &TrainSettings,
+) -> Result<(TinyGflConfig, TrainSettings)> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| Error::invalid(path.display().to_string(), "expected a JSON object"))?;
+    if let Some(k) = obj.keys().find(|k| *k != "model" && *k != "train") {
+        return Err(Error::invalid(
+            path.display().to_string(),
+            format!("unknown key `{k}` (expected `model` and/or `train`)"),
+        ));
+    }
+    let where_ = |section: &str| format!("{}: {section}", path.display());
+    let model = match obj.get("model") {
+        Some(m) => overlay(model, m, &where_("model"))?,
+        None => model.clone(),
+    };
+    let train = match obj.get("train") {
+        Some(t) => overlay(train, t, &where_("train"))?,
+        None => train.clone(),
+    };
+    Ok((model, train))
+}
+
+/// Where training and validation images come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataSource {
+    Synthetic {
+        train_size: usize,
+        val_size: usize,
+        seed: u64,
+    },
+    Coco {
+        train: (PathBuf, PathBuf),
+        val: Option<(PathBuf, PathBuf)>,
+    },
+}
+
+/// The training and validation sets of `source`.
+pub fn load_data(source: &DataSource) -> Result<(Box<dyn Dataset>, Box<dyn Dataset>)> {
+    match source {
+        DataSource::Synthetic {
+            train_size,
+            val_size,
+            seed,
+        } => {
+            let (train, val) =
+                SyntheticShapes::splits(SyntheticConfig::default(), *seed, *train_size, *val_size)?;
+            Ok((Box::new(train), Box::new(val)))
+        }
+        DataSource::Coco { train, val } => {
+            let t = CocoDataset::load(&train.0, &train.1)?;
+            let v = match val {
+                Some((a, i)) => CocoDataset::load(a, i)?,
+                None => CocoDataset::load(&train.0, &train.1)?,
+            };
+            Ok((Box::new(t), Box::new(v)))
+        }
+    }
+}
+
+/// Appends JSON lines to a metrics file.
+pub struct MetricsLog {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    pub fn create(path: Option<&Path>) -> Result<MetricsLog> {
+        let file = path
+            .map(|p| {
+                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                }
+                std::fs::File::create(p).map_err(|source| Error::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })
+            })
+            .transpose()?;
+        Ok(MetricsLog {
+            file,
+            path: path.map(Path::to_path_buf).unwrap_or_default(),
+        })
+    }
+
+    pub fn write(&mut self, value: &serde_json::Value) -> Result<()> {
+        if let Some(f) = &mut self.file {
+            writeln!(f, "{value}").map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The JSON line of one step.
+pub fn step_json(run: &str, r: &StepRecord) -> serde_json::Value {
+    let mut obj = serde_json::json!({
+        "run": run,
+        "epoch": r.epoch,
+        "iter": r.iter,
+        "lr": r.lr,
+        "loss": r.loss,
+        "grad_norm": r.grad_norm,
+        "images_per_s": r.images_per_second,
+        "applied": r.applied,
+    });
+    for (name, v) in &r.terms {
+        obj[name] = serde_json::json!(v);
+    }
+    obj
+}
+
+/// The COCO stats as a JSON object.
+pub fn stats_json(s: &CocoStats) -> serde_json::Value {
+    let names = CocoStats::NAMES;
+    let values = s.as_array();
+    let mut obj = serde_json::Map::new();
+    for (n, v) in names.iter().zip(values) {
+        obj.insert(n.to_string(), serde_json::json!(v));
+    }
+    serde_json::Value::Object(obj)
+}
+
+/// A progress bar over `total` steps showing the loss and the throughput (hidden when stderr is not a
+/// terminal).
+pub fn progress_bar(total: usize, label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>10} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// Checkpoint metadata: the architecture and the class names.
+pub fn checkpoint_metadata(
+    model: &TinyGflConfig,
+    classes: &[String],
+) -> Result<BTreeMap<String, String>> {
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        MODEL_KEY.into(),
+        serde_json::to_string(model).map_err(|e| Error::invalid("model", e.to_string()))?,
+    );
+    meta.insert(
+        CLASSES_KEY.into(),
+        serde_json::to_string(classes).map_err(|e| Error::invalid("classes", e.to_string()))?,
+    );
+    Ok(meta)
+}
+
+/// The architecture recorded in a checkpoint, and the checkpoint's detector.
+pub fn load_checkpoint(path: &Path) -> Result<Detector> {
+    let file = crate::tensor::io::load(path)?;
+    let raw = file.metadata.get(MODEL_KEY).ok_or_else(|| {
+        Error::invalid(
+            path.display().to_string(),
+            format!("has no `{MODEL_KEY}` metadata (not written by detkd train/distill)"),
+        )
+    })?;
+    let cfg: TinyGflConfig = serde_json::from_str(raw).map_err(|e| {
+        Error::invalid(
+            path.display().to_string(),
+            format!("bad `{MODEL_KEY}`: {e}"),
+        )
+    })?;
+    let mut d = Detector::new(&cfg, 0)?;
+    d.store
+        .load_strict(&file)
+        .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
+    Ok(d)
+}
+
+/// Prints the 12 COCO stats.
+pub fn print_stats(stats: &CocoStats) {
+    println!("{stats}");
+}
+
+/// Flag overrides of [`TrainSettings`] (applied after the config file).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TrainOverrides {
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+impl TrainOverrides {
+    pub fn apply(&self, t: &mut TrainSettings) {
+        if let Some(v) = self.epochs {
+            t.epochs = v;
+        }
+        if let Some(v) = self.batch_size {
+            t.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            t.lr = v;
+        }
+        if let Some(v) = self.seed {
+            t.seed = v;
+        }
+    }
+}
+
+/// The architecture and schedule of a training job: the preset for the data set's classes, then the config
+/// file, then the flags.
+pub fn job_settings(
+    preset: Preset,
+    num_classes: usize,
+    config: Option<&Path>,
+    overrides: &TrainOverrides,
+) -> Result<(TinyGflConfig, TrainSettings)> {
+    let model = preset.config(num_classes);
+    let train = TrainSettings::default();
+    let (model, mut train) = match config {
+        Some(path) => read_config(path, &model, &train)?,
+        None => (model, train),
+    };
+    if model.num_classes != num_classes {
+        return Err(Error::invalid(
+            "model.num_classes",
+            format!(
+                "the data set has {num_classes} classes, the config says {}",
+                model.num_classes
+            ),
+        ));
+    }
+    overrides.apply(&mut train);
+    Ok((model, train))
+}
+
+/// What a finished training job reports.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub stats: CocoStats,
+    pub summary: super::train::TrainSummary,
+    /// Per step: (iteration, total loss).
+    pub losses: Vec<(usize, f64)>,
+}
+
+/// Trains a fresh detector of `model` with `settings` on `train_set` (optionally distilling from a teacher),
+/// writes the checkpoint to `output` (when given) and metrics to `metrics`, and evaluates on `val_set`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_training(
+    label: &str,
+    model: &TinyGflConfig,
+    settings: &TrainSettings,
+    train_set: &dyn Dataset,
+    val_set: &dyn Dataset,
+    device: &Device,
+    distill: Option<&super::train::Distillation<'_>>,
+    student_init: Option<Detector>,
+    output: Option<&Path>,
+    metrics: &mut MetricsLog,
+) -> Result<(Detector, TrainOutcome)> {
+    let cfg = settings.to_config()?;
+    let mut detector = match student_init {
+        Some(d) => d,
+        None => Detector::new(model, settings.seed)?,
+    };
+    let per_epoch = train_set.len() / settings.batch_size.max(1);
+    let bar = progress_bar(per_epoch * settings.epochs, label);
+    let mut losses = Vec::new();
+    let summary = train(
+        &mut detector,
+        train_set,
+        &cfg,
+        device,
+        distill,
+        &mut |r: &StepRecord| {
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4}  {:.1} img/s",
+                r.loss, r.images_per_second
+            ));
+            losses.push((r.iter, r.loss));
+            metrics.write(&step_json(label, r))
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(path) = output {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        detector.save(path, &checkpoint_metadata(model, train_set.class_names())?)?;
+    }
+    let (stats, _) = evaluate(
+        &detector,
+        val_set,
+        &EvalConfig {
+            image_size: cfg.image_size,
+            ..EvalConfig::default()
+        },
+        device,
+    )?;
+    metrics.write(&serde_json::json!({
+        "run": label,
+        "eval": stats_json(&stats),
+        "wall_seconds": summary.wall_seconds,
+        "iterations": summary.iterations,
+        "skipped_steps": summary.skipped_steps,
+    }))?;
+    Ok((
+        detector,
+        TrainOutcome {
+            stats,
+            summary,
+            losses,
+        },
+    ))
+}
