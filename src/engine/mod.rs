@@ -8,4 +8,5 @@ pub mod eval;
 pub mod jobs;
 pub mod model;
 pub mod optim;
+pub mod report;
 pub mod train;
