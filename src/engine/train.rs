@@ -21,6 +21,7 @@ use std::time::Instant;
 
 /// A TinyGFL and its parameters (plus, during distillation, the methods' own parameters under
 /// `distill.`, which checkpoints leave out).
+#[derive(Debug)]
 pub struct Detector {
     pub model: TinyGfl,
     pub store: ParamStore,
