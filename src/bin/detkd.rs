@@ -20,6 +20,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: synthetic data, a teacher, and a student trained without and with each distillation
+    /// method; prints a table and writes report.json and report.png.
+    Demo {
+        /// A ~2-minute smoke version of the same pipeline.
+        #[arg(long)]
+        quick: bool,
+        /// Output folder.
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = AutoDevice::Auto)]
+        device: AutoDevice,
+    },
+    /// Train a student with distillation from a frozen teacher checkpoint.
+    Distill(DistillArgs),
     /// Train a TinyGFL detector from scratch and write a safetensors checkpoint.
     Train(TrainArgs),
     /// Evaluate a checkpoint with COCO metrics.
@@ -116,6 +132,40 @@ struct TrainArgs {
 }
 
 #[derive(Args)]
+struct DistillArgs {
+    /// Teacher checkpoint (frozen, evaluation mode).
+    #[arg(long)]
+    teacher: PathBuf,
+    /// Student checkpoint to start from (otherwise a fresh --student-preset).
+    #[arg(long, conflicts_with = "student_preset")]
+    student: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    student_preset: Option<cli::Preset>,
+    /// Comma-separated methods: ld, dsig, gkd, drkd, hgd (any combination).
+    #[arg(long, value_delimiter = ',', required = true)]
+    methods: Vec<String>,
+    /// JSON file: `train` settings, `model` (fresh student), and `weights`: {method: {term: factor}}.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, value_enum, default_value_t = AutoDevice::Auto)]
+    device: AutoDevice,
+    #[arg(short, long)]
+    output: PathBuf,
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct EvalArgs {
     /// Checkpoint to evaluate (its architecture is read from its metadata).
     checkpoint: PathBuf,
@@ -151,6 +201,54 @@ fn data_source(d: &DataArgs) -> cli::DataSource {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Demo {
+            quick,
+            out,
+            seed,
+            device,
+        } => {
+            let device = device.resolve()?;
+            let cfg = if quick {
+                detkd::engine::demo::DemoConfig::quick(out, seed)
+            } else {
+                detkd::engine::demo::DemoConfig::full(out, seed)
+            };
+            detkd::engine::demo::run_demo(&cfg, &device).map(|_| ())
+        }
+        Command::Distill(args) => {
+            let device = args.device.resolve()?;
+            let (train_set, val_set) = cli::load_data(&data_source(&args.data))?;
+            let overrides = cli::TrainOverrides {
+                epochs: args.epochs,
+                batch_size: args.batch_size,
+                lr: args.lr,
+                seed: args.seed,
+            };
+            let job = cli::DistillJob {
+                teacher: &args.teacher,
+                student: args.student.as_deref(),
+                student_preset: args.student_preset.unwrap_or(cli::Preset::Student),
+                methods: &args.methods,
+                config: args.config.as_deref(),
+                overrides,
+            };
+            let mut metrics = cli::MetricsLog::create(args.metrics.as_deref())?;
+            let outcome = job.run(
+                train_set.as_ref(),
+                val_set.as_ref(),
+                &device,
+                &args.output,
+                &mut metrics,
+            )?;
+            println!(
+                "distilled {} steps in {:.1} s; wrote {}",
+                outcome.summary.iterations,
+                outcome.summary.wall_seconds,
+                args.output.display()
+            );
+            cli::print_stats(&outcome.stats);
+            Ok(())
+        }
         Command::Train(args) => {
             let device = args.device.resolve()?;
             let (train_set, val_set) = cli::load_data(&data_source(&args.data))?;

@@ -121,6 +121,36 @@ pub trait Distiller {
         ctx: &StepContext<'_>,
         updates: &mut crate::nn::BufferUpdates,
     ) -> crate::error::Result<Vec<LossTerm>>;
+
+    /// Called at the start of every epoch with access to frozen student and teacher forwards over the
+    /// training set (GKD rebuilds its prototypes here). The default does nothing.
+    fn epoch_start(
+        &mut self,
+        _epoch: usize,
+        _features: &mut dyn FeatureSource,
+    ) -> crate::error::Result<()> {
+        Ok(())
+    }
+}
+
+/// One batch of frozen forwards for [`Distiller::epoch_start`]: the student's and the teacher's FPN levels
+/// (finest first, `[B, C, H, W]`, on the training device) and the batch's ground truth in input pixels.
+#[derive(Debug)]
+pub struct SampledFeatures {
+    pub student_fpn: Vec<crate::Tensor>,
+    pub teacher_fpn: Vec<crate::Tensor>,
+    pub fpn_strides: Vec<f64>,
+    pub targets: Vec<ImageTargets>,
+}
+
+/// Frozen forwards over (a prefix of) the training set in a fixed order, provided by the engine.
+pub trait FeatureSource {
+    /// Calls `each` on consecutive batches until `max_images` images have been seen or the set ends.
+    fn for_each_batch(
+        &mut self,
+        max_images: usize,
+        each: &mut dyn FnMut(&SampledFeatures) -> crate::error::Result<()>,
+    ) -> crate::error::Result<()>;
 }
 
 /// The result of a method's embedding entry (`compute`): loss values on the host, the gradients with

@@ -154,10 +154,13 @@ pub fn read_config(
     let obj = value
         .as_object()
         .ok_or_else(|| Error::invalid(path.display().to_string(), "expected a JSON object"))?;
-    if let Some(k) = obj.keys().find(|k| *k != "model" && *k != "train") {
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["model", "train", "weights"].contains(&k.as_str()))
+    {
         return Err(Error::invalid(
             path.display().to_string(),
-            format!("unknown key `{k}` (expected `model` and/or `train`)"),
+            format!("unknown key `{k}` (expected `model`, `train` and/or `weights`)"),
         ));
     }
     let where_ = |section: &str| format!("{}: {section}", path.display());
@@ -406,7 +409,7 @@ pub fn run_training(
     train_set: &dyn Dataset,
     val_set: &dyn Dataset,
     device: &Device,
-    distill: Option<&super::train::Distillation<'_>>,
+    distill: Option<&mut super::train::Distillation<'_>>,
     student_init: Option<Detector>,
     output: Option<&Path>,
     metrics: &mut MetricsLog,
@@ -469,4 +472,100 @@ pub fn run_training(
             losses,
         },
     ))
+}
+
+/// `detkd distill`: a frozen teacher checkpoint, a student (checkpoint or fresh preset), any combination of
+/// methods with the official weights (optionally multiplied per term from the config file's `weights`).
+pub struct DistillJob<'a> {
+    pub teacher: &'a Path,
+    pub student: Option<&'a Path>,
+    pub student_preset: Preset,
+    pub methods: &'a [String],
+    pub config: Option<&'a Path>,
+    pub overrides: TrainOverrides,
+}
+
+impl DistillJob<'_> {
+    pub fn run(
+        &self,
+        train_set: &dyn Dataset,
+        val_set: &dyn Dataset,
+        device: &Device,
+        output: &Path,
+        metrics: &mut MetricsLog,
+    ) -> Result<TrainOutcome> {
+        let mut teacher = load_checkpoint(self.teacher)?;
+        let classes = train_set.num_classes();
+        if teacher.model.cfg.num_classes != classes {
+            return Err(Error::invalid(
+                "teacher",
+                format!(
+                    "{} has {} classes, the data set {classes}",
+                    self.teacher.display(),
+                    teacher.model.cfg.num_classes
+                ),
+            ));
+        }
+        teacher.to_device(device)?;
+        let weights = match self.config {
+            Some(path) => read_weights(path)?,
+            None => BTreeMap::new(),
+        };
+        let (model, settings) = match self.student {
+            Some(path) => {
+                let d = load_checkpoint(path)?;
+                let (_, settings) =
+                    job_settings(self.student_preset, classes, self.config, &self.overrides)?;
+                (d.model.cfg.clone(), settings)
+            }
+            None => job_settings(self.student_preset, classes, self.config, &self.overrides)?,
+        };
+        let mut student = match self.student {
+            Some(path) => load_checkpoint(path)?,
+            None => Detector::new(&model, settings.seed)?,
+        };
+        let methods = super::methods::build_methods(
+            self.methods,
+            &mut student,
+            &teacher,
+            settings.seed,
+            &weights,
+        )?;
+        let mut distill = super::train::Distillation {
+            teacher: &teacher,
+            methods,
+        };
+        let (_, outcome) = run_training(
+            "distill",
+            &model,
+            &settings,
+            train_set,
+            val_set,
+            device,
+            Some(&mut distill),
+            Some(student),
+            Some(output),
+            metrics,
+        )?;
+        Ok(outcome)
+    }
+}
+
+/// The `weights` section of a config file: `{method: {term: factor}}`.
+fn read_weights(path: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
+    match value.get("weights") {
+        None => Ok(BTreeMap::new()),
+        Some(w) => serde_json::from_value(w.clone()).map_err(|e| {
+            Error::invalid(
+                format!("{}: weights", path.display()),
+                format!("expected {{method: {{term: factor}}}}: {e}"),
+            )
+        }),
+    }
 }

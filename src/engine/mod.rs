@@ -4,8 +4,10 @@
 
 pub mod assign;
 pub mod data;
+pub mod demo;
 pub mod eval;
 pub mod jobs;
+pub mod methods;
 pub mod model;
 pub mod optim;
 pub mod report;

@@ -10,7 +10,9 @@ use super::model::{TinyGfl, TinyGflConfig};
 use super::optim::{Optimizer, OptimizerConfig, Schedule};
 use crate::autograd::{Tape, Var};
 use crate::distill::gfl::{flatten_head, gfl_loss, GflLossConfig};
-use crate::distill::{Distiller, ImageTargets, LossTerm, StepContext};
+use crate::distill::{
+    Distiller, FeatureSource, ImageTargets, LossTerm, SampledFeatures, StepContext,
+};
 use crate::error::{Error, Result};
 use crate::nn::{BufferUpdates, ParamStore};
 use crate::ops::optim::SgdConfig;
@@ -167,7 +169,7 @@ pub fn train(
     data: &dyn Dataset,
     cfg: &TrainConfig,
     device: &Device,
-    distill: Option<&Distillation<'_>>,
+    mut distill: Option<&mut Distillation<'_>>,
     on_step: &mut dyn FnMut(&StepRecord) -> Result<()>,
 ) -> Result<TrainSummary> {
     if cfg.epochs == 0 || cfg.batch_size == 0 {
@@ -231,6 +233,19 @@ pub fn train(
         skipped_steps: 0,
     };
     for epoch in 0..cfg.epochs {
+        if let Some(d) = distill.as_deref_mut() {
+            let mut source = FrozenForwards {
+                student: &*student,
+                teacher: d.teacher,
+                data,
+                device,
+                batch_size: cfg.batch_size,
+                image_size: cfg.image_size,
+            };
+            for method in &mut d.methods {
+                method.epoch_start(epoch, &mut source)?;
+            }
+        }
         for batch in loader.epoch(epoch as u64) {
             let batch = batch?;
             let step_start = Instant::now();
@@ -241,7 +256,7 @@ pub fn train(
                 &batch,
                 cfg,
                 device,
-                distill,
+                distill.as_deref(),
                 (epoch, iter, total_iters),
             )?;
             let record = StepRecord {
@@ -328,6 +343,70 @@ fn train_step(
         images_per_second: 0.0,
         applied: stats.applied,
     })
+}
+
+/// The engine's [`FeatureSource`]: frozen student and teacher forwards over the training set in index
+/// order, without augmentation.
+struct FrozenForwards<'a> {
+    student: &'a Detector,
+    teacher: &'a Detector,
+    data: &'a dyn Dataset,
+    device: &'a Device,
+    batch_size: usize,
+    image_size: Option<(usize, usize)>,
+}
+
+impl FeatureSource for FrozenForwards<'_> {
+    fn for_each_batch(
+        &mut self,
+        max_images: usize,
+        each: &mut dyn FnMut(&SampledFeatures) -> Result<()>,
+    ) -> Result<()> {
+        let loader = DataLoader::new(
+            self.data,
+            LoaderConfig {
+                batch_size: self.batch_size,
+                shuffle: false,
+                drop_last: false,
+                seed: 0,
+            },
+            Transform {
+                target_size: self.image_size,
+                size_divisor: 32,
+                flip_probability: 0.0,
+                seed: 0,
+            },
+        )?;
+        let mut seen = 0;
+        for batch in loader.epoch(0) {
+            if seen >= max_images {
+                break;
+            }
+            let batch = batch?;
+            seen += batch.len();
+            let images = batch.images.to_device(self.device)?;
+            let tape = Tape::new();
+            let x = tape.constant(images);
+            let s = self
+                .student
+                .model
+                .forward(&self.student.store.bind_frozen(&tape), x)?;
+            let t = self
+                .teacher
+                .model
+                .forward(&self.teacher.store.bind_frozen(&tape), x)?;
+            let values = |levels: &[Var]| -> Result<Vec<Tensor>> {
+                levels.iter().map(|&v| tape.value(v)?.try_clone()).collect()
+            };
+            each(&SampledFeatures {
+                student_fpn: values(&s.fpn)?,
+                teacher_fpn: values(&t.fpn)?,
+                fpn_strides: s.fpn_strides.clone(),
+                targets: batch_targets(&batch),
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn sum_terms(tape: &Tape, terms: &[LossTerm]) -> Result<Var> {

@@ -1,0 +1,116 @@
+//! Building the distillation methods by name for `detkd distill` and the demo, with per-term weight
+//! multipliers from a config file.
+
+use super::train::Detector;
+use crate::distill::{
+    DetectorOutputs, DetectorShape, Distiller, FeatureSource, LossTerm, StepContext,
+};
+use crate::error::{Error, Result};
+use crate::nn::{Bound, BufferUpdates, ParamStore};
+use std::collections::BTreeMap;
+
+/// Every method `detkd distill --methods` accepts.
+pub const METHODS: [&str; 5] = ["ld", "dsig", "gkd", "drkd", "hgd"];
+
+/// The widths of a detector, for sizing adapters.
+pub fn shape_of(d: &Detector) -> DetectorShape {
+    let c = &d.model.cfg;
+    DetectorShape {
+        stage_channels: c.stage_channels.to_vec(),
+        fpn_channels: c.fpn_channels,
+        num_classes: c.num_classes,
+        reg_max: c.reg_max,
+    }
+}
+
+/// A method whose terms are multiplied by per-term factors (official weights × factor).
+struct Scaled {
+    inner: Box<dyn Distiller>,
+    multipliers: BTreeMap<String, f64>,
+}
+
+impl Distiller for Scaled {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn loss(
+        &self,
+        b: &Bound,
+        store: &ParamStore,
+        student: &DetectorOutputs,
+        teacher: &DetectorOutputs,
+        ctx: &StepContext<'_>,
+        updates: &mut BufferUpdates,
+    ) -> Result<Vec<LossTerm>> {
+        let terms = self.inner.loss(b, store, student, teacher, ctx, updates)?;
+        terms
+            .into_iter()
+            .map(|t| match self.multipliers.get(t.name) {
+                Some(&m) => Ok(LossTerm {
+                    name: t.name,
+                    value: b.tape().scale(t.value, m)?,
+                }),
+                None => Ok(t),
+            })
+            .collect()
+    }
+
+    fn epoch_start(&mut self, epoch: usize, features: &mut dyn FeatureSource) -> Result<()> {
+        self.inner.epoch_start(epoch, features)
+    }
+}
+
+/// Builds `names` (any of [`METHODS`], each at most once), registering their trainable parts in the
+/// student's store. `multipliers` maps a method name to `{term name: factor}`.
+pub fn build_methods(
+    names: &[String],
+    student: &mut Detector,
+    teacher: &Detector,
+    seed: u64,
+    multipliers: &BTreeMap<String, BTreeMap<String, f64>>,
+) -> Result<Vec<Box<dyn Distiller>>> {
+    let (s, t) = (shape_of(student), shape_of(teacher));
+    let mut seen = Vec::new();
+    let mut out: Vec<Box<dyn Distiller>> = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        if seen.contains(name) {
+            return Err(Error::invalid(
+                "methods",
+                format!("`{name}` is listed twice"),
+            ));
+        }
+        seen.push(name.clone());
+        let method_seed = super::data::derive_seed(seed, 1000 + k as u64);
+        let method = build_one(name, &mut student.store, &s, &t, method_seed)?;
+        let m = multipliers.get(name).cloned().unwrap_or_default();
+        out.push(if m.is_empty() {
+            method
+        } else {
+            Box::new(Scaled {
+                inner: method,
+                multipliers: m,
+            })
+        });
+    }
+    if let Some(unknown) = multipliers.keys().find(|k| !names.contains(k)) {
+        return Err(Error::invalid(
+            "config",
+            format!("weights given for `{unknown}`, which is not among the methods {names:?}"),
+        ));
+    }
+    Ok(out)
+}
+
+fn build_one(
+    name: &str,
+    _store: &mut ParamStore,
+    _student: &DetectorShape,
+    _teacher: &DetectorShape,
+    _seed: u64,
+) -> Result<Box<dyn Distiller>> {
+    Err(Error::invalid(
+        "methods",
+        format!("unknown method `{name}` (known: {})", METHODS.join(", ")),
+    ))
+}
