@@ -13,9 +13,10 @@
 //! Each stage is a stride-2 `conv3×3–GN–ReLU` followed by `depth` basic residual blocks
 //! (`conv–GN–ReLU–conv–GN` + identity, ReLU). Parameter names and layouts follow PyTorch
 //! (`backbone.stage1.0.conv.weight`, OIHW), so checkpoints load into the equivalent PyTorch module
-//! (scripts/tiny_gfl.py). Initialisation follows mmdet: Kaiming (fan-out) for the backbone, Xavier-like
-//! uniform is replaced by Kaiming for the neck, Normal(0, 0.01) for the head, and the classification bias
-//! at `σ(b) = 0.01`.
+//! (scripts/tiny_gfl.py). Initialisation: Kaiming (fan-out) for the backbone and the neck (mmdet uses
+//! Xavier for the neck), Normal(0, 0.01) for the head, and the classification bias at `σ(b) = 0.01`, as
+//! mmdet's GFL head. Differences from mmdet's GFL: FPN levels P3–P5 only (no P6/P7: the images are
+//! small), a 3×3 stem, and the per-level scales have shape `[1]` (mmcv's `Scale` is 0-d).
 
 use crate::autograd::Var;
 use crate::distill::DetectorOutputs;
@@ -108,7 +109,7 @@ impl TinyGflConfig {
 
     fn groups(&self, channels: usize) -> usize {
         let g = (channels / self.channels_per_group).max(1);
-        // Fall back to one group per channel divisor that divides evenly.
+        // The largest group count not above `g` that divides the channels evenly.
         (1..=g).rev().find(|d| channels % d == 0).unwrap_or(1)
     }
 }
