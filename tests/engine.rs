@@ -152,3 +152,66 @@ fn checkpoints_round_trip_with_their_architecture() {
     assert!(e.contains("detkd.model"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn cached_teacher_outputs_match_a_direct_forward() {
+    use detkd::autograd::Tape;
+    use detkd::engine::data::{DataLoader, LoaderConfig, Transform};
+    use detkd::engine::teacher_cache::TeacherCache;
+    let data = tiny_data(6);
+    let teacher = Detector::new(&tiny_model(data.num_classes()), 11).unwrap();
+    let loader = DataLoader::new(
+        &data,
+        LoaderConfig {
+            batch_size: 3,
+            shuffle: true,
+            drop_last: true,
+            seed: 4,
+        },
+        Transform {
+            flip_probability: 0.5,
+            ..Transform::default()
+        },
+    )
+    .unwrap();
+    let mut cache = TeacherCache::new(1 << 30);
+    for epoch in 0..3 {
+        for batch in loader.epoch(epoch) {
+            let batch = batch.unwrap();
+            let tape = Tape::new();
+            let x = tape.constant(batch.images.try_clone().unwrap());
+            let direct = teacher
+                .model
+                .forward(&teacher.store.bind_frozen(&tape), x)
+                .unwrap();
+            let cached = cache
+                .outputs(&teacher, &batch, &batch.images, &tape)
+                .unwrap();
+            for (a, b) in [
+                (&direct.stages, &cached.stages),
+                (&direct.fpn, &cached.fpn),
+                (&direct.cls, &cached.cls),
+                (&direct.reg, &cached.reg),
+            ] {
+                assert_eq!(a.len(), b.len());
+                for (&va, &vb) in a.iter().zip(b) {
+                    let (ta, tb) = (tape.value(va).unwrap(), tape.value(vb).unwrap());
+                    assert_eq!(ta.shape(), tb.shape());
+                    assert_close(
+                        "cached teacher output",
+                        &tb.to_vec::<f64>().unwrap(),
+                        &ta.to_vec::<f64>().unwrap(),
+                        1e-5,
+                    );
+                }
+            }
+        }
+    }
+    // 3 epochs × 6 images, at most 12 distinct (image, flip) pairs computed.
+    assert!(
+        cache.misses <= 12 && cache.hits + cache.misses == 18,
+        "{} {}",
+        cache.hits,
+        cache.misses
+    );
+}

@@ -157,10 +157,7 @@ pub fn run_demo(cfg: &DemoConfig, device: &Device) -> Result<Vec<DemoRun>> {
             .1
         } else {
             let built = build_methods(methods, &mut student, &teacher, cfg.seed, &BTreeMap::new())?;
-            let mut distill = Distillation {
-                teacher: &teacher,
-                methods: built,
-            };
+            let mut distill = Distillation::new(&teacher, built);
             run_training(
                 name,
                 &student_model,

@@ -531,10 +531,7 @@ impl DistillJob<'_> {
             settings.seed,
             &weights,
         )?;
-        let mut distill = super::train::Distillation {
-            teacher: &teacher,
-            methods,
-        };
+        let mut distill = super::train::Distillation::new(&teacher, methods);
         let (_, outcome) = run_training(
             "distill",
             &model,

@@ -11,4 +11,5 @@ pub mod methods;
 pub mod model;
 pub mod optim;
 pub mod report;
+pub mod teacher_cache;
 pub mod train;

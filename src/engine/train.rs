@@ -8,6 +8,7 @@ use super::eval::{
 };
 use super::model::{TinyGfl, TinyGflConfig};
 use super::optim::{Optimizer, OptimizerConfig, Schedule};
+use super::teacher_cache::TeacherCache;
 use crate::autograd::{Tape, Var};
 use crate::distill::gfl::{flatten_head, gfl_loss, GflLossConfig};
 use crate::distill::{
@@ -111,6 +112,20 @@ impl Default for TrainConfig {
 pub struct Distillation<'a> {
     pub teacher: &'a Detector,
     pub methods: Vec<Box<dyn Distiller + 'a>>,
+    /// Reuse the teacher's per-image outputs across epochs (exact for TinyGFL: GroupNorm only, see
+    /// [`TeacherCache`]); `None` runs the teacher on every batch.
+    pub cache: Option<TeacherCache>,
+}
+
+impl<'a> Distillation<'a> {
+    /// `methods` from `teacher`, with a teacher cache of up to 2 GiB.
+    pub fn new(teacher: &'a Detector, methods: Vec<Box<dyn Distiller + 'a>>) -> Self {
+        Distillation {
+            teacher,
+            methods,
+            cache: Some(TeacherCache::new(2 << 30)),
+        }
+    }
 }
 
 /// One logged training step.
@@ -256,7 +271,7 @@ pub fn train(
                 &batch,
                 cfg,
                 device,
-                distill.as_deref(),
+                distill.as_deref_mut(),
                 (epoch, iter, total_iters),
             )?;
             let record = StepRecord {
@@ -280,7 +295,7 @@ fn train_step(
     batch: &Batch,
     cfg: &TrainConfig,
     device: &Device,
-    distill: Option<&Distillation<'_>>,
+    distill: Option<&mut Distillation<'_>>,
     (epoch, iter, total_iters): (usize, usize, usize),
 ) -> Result<StepRecord> {
     let images = batch.images.to_device(device)?;
@@ -298,8 +313,13 @@ fn train_step(
     let mut terms: Vec<LossTerm> = gfl.terms.clone();
     let mut updates = BufferUpdates::default();
     if let Some(d) = distill {
-        let teacher_bound = d.teacher.store.bind_frozen(&tape);
-        let teacher_out = d.teacher.model.forward(&teacher_bound, x)?;
+        let teacher_out = match &mut d.cache {
+            Some(cache) => cache.outputs(d.teacher, batch, &*tape.value(x)?, &tape)?,
+            None => {
+                let teacher_bound = d.teacher.store.bind_frozen(&tape);
+                d.teacher.model.forward(&teacher_bound, x)?
+            }
+        };
         let ctx = StepContext {
             assignment: &assignment,
             student_gfl: Some(&gfl),
