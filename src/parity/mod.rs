@@ -12,6 +12,7 @@ mod dist_kl;
 mod elementwise;
 mod focal;
 mod graph_conv;
+mod ld;
 mod norm;
 mod optim;
 mod prototype;
@@ -98,6 +99,10 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: norm::OPS,
         run: norm::run,
+    },
+    Family {
+        ops: ld::OPS,
+        run: ld::run,
     },
 ];
 
