@@ -3,7 +3,7 @@
 //!
 //! | term | formula (over all levels of the batch) | weight |
 //! | --- | --- | --- |
-//! | QFL | `Σ_j Σ_c BCE(x, y)·|y − σ(x)|^β / max(N_pos, 1)`, `y` = IoU(decoded box (detached), target) at the label | 1 |
+//! | QFL | `Σ_j Σ_c BCE(x, y)·|y − σ(x)|^β / N`, `N = Σ_images max(N_pos,i, 1)`, `y` = IoU(decoded box (detached), target) at the label | 1 |
 //! | GIoU | `Σ_{j∈P} w_j (1 − GIoU) / W` | 2 |
 //! | DFL | `Σ_{j∈P} Σ_e w_j DFL(z_{j,e}, t_{j,e}) / 4 / W` | 0.25 |
 //!
@@ -85,7 +85,7 @@ pub struct GflLossOutput {
     pub positive_weights: Rc<Tensor>,
     /// The student's box logits at the positives, `[P·4, reg_max + 1]` (`None` without positives).
     pub positive_reg: Option<Var>,
-    /// `max(N_pos, 1)` and `W = max(Σ w_j, 1)`.
+    /// QFL's normaliser `Σ_images max(N_pos,i, 1)` and `W = max(Σ w_j, 1)`.
     pub num_positives: f64,
     pub weight_sum: f64,
 }
@@ -201,7 +201,12 @@ pub fn gfl_loss(
     }
     let mut scores = vec![0.0; rows];
     let mut terms = Vec::with_capacity(3);
-    let num_positives = (p as f64).max(1.0);
+    // mmdet's `get_targets`: `num_total_pos = Σ_i max(|P_i|, 1)` over the images of the batch.
+    let mut per_image = vec![0usize; assign.batch];
+    for &anchor in &assign.positives {
+        per_image[anchor / a] += 1;
+    }
+    let num_positives = (per_image.iter().map(|&n| n.max(1)).sum::<usize>() as f64).max(1.0);
 
     let (positive_weights, positive_reg, weight_sum, box_terms) = if p > 0 {
         let pos_index = Tensor::from_vec(
@@ -400,6 +405,7 @@ mod tests {
             tape.leaf(reg.try_clone().unwrap()),
         );
         let out = gfl_loss(&tape, c, r, &assign, &cfg).unwrap();
+        // Image 0 has one positive, image 1 two.
         assert_eq!(out.num_positives, 3.0);
         assert_eq!(out.positive_weights.shape(), &[3]);
         // W = Σ max σ < 3 here, clamped at 1 from below.

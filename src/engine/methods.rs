@@ -109,8 +109,13 @@ fn build_one(
     _teacher: &DetectorShape,
     _seed: u64,
 ) -> Result<Box<dyn Distiller>> {
-    Err(Error::invalid(
-        "methods",
-        format!("unknown method `{name}` (known: {})", METHODS.join(", ")),
-    ))
+    Ok(match name {
+        "ld" => Box::new(crate::distill::ld::LdDistiller::new(Default::default())?),
+        _ => {
+            return Err(Error::invalid(
+                "methods",
+                format!("unknown method `{name}` (known: {})", METHODS.join(", ")),
+            ))
+        }
+    })
 }
