@@ -9,6 +9,8 @@
 mod boxes;
 mod conv2d;
 mod dist_kl;
+mod drkd;
+mod dsig;
 mod elementwise;
 mod focal;
 mod graph_conv;
@@ -98,6 +100,14 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: norm::OPS,
         run: norm::run,
+    },
+    Family {
+        ops: dsig::OPS,
+        run: dsig::run,
+    },
+    Family {
+        ops: drkd::OPS,
+        run: drkd::run,
     },
 ];
 
