@@ -21,7 +21,9 @@ with the modules under the names the Rust store uses (``distill.drkd.`` + the of
   aligned False), the relation module (theta/phi/g ``Linear(d, d/2)``, ``W`` ``Linear(d/2, d)``,
   ``K = softmax(x Q^T + q)`` from a fresh ``Linear(d, n)``, ``P = softmax(F * K)``, ``z = x + W(P g)``),
   ``torch.dist`` of the adapted student side to the teacher side;
-- weights 1e-3, 0.004, 0.0024; the ``rms`` / ``mean_square`` variants divide by sqrt(numel) / use MSE.
+- weights 1e-3, 0.004, 0.0024; the ``rms`` / ``mean_square`` variants divide by sqrt(numel) / use MSE;
+  ``instance_source = first`` pools every image's boxes from image 0, as the official
+  ``roi_align(x, boxes=[gt_bboxes[i]], ...)`` does with a batch ``x``.
 
 The relation filters are PyTorch's default ``nn.Linear(d, n)`` initialisation, U(-1/sqrt(d), 1/sqrt(d)),
 drawn from SplitMix64 as src/distill/drkd.rs documents (``relation_filter_seed``, weight row-major then
@@ -212,8 +214,10 @@ def drkd_terms(model, student, teacher, boxes, strides, step_seed, cfg, filters_
             if not gt_boxes:
                 continue
             rois = [torch.tensor(gt_boxes, dtype=DTYPE)]
-            rs = roi_align(student[r][image:image + 1], rois, output_size=3, spatial_scale=scale)
-            rt = roi_align(teacher[r][image:image + 1], rois, output_size=3, spatial_scale=scale)
+            # "first": the official call roi_align(x, boxes=[gt_i]) reads every image's boxes on image 0.
+            src = 0 if cfg["instance_source"] == "first" else image
+            rs = roi_align(student[r][src:src + 1], rois, output_size=3, spatial_scale=scale)
+            rt = roi_align(teacher[r][src:src + 1], rois, output_size=3, spatial_scale=scale)
             if cfg["foreground_weight"]:
                 fore = fore + distance(model.for_adaptation[r](rs), rt, kind)
             if cfg["relation_weight"]:
@@ -301,7 +305,7 @@ def make_case(name, seed, sizes, strides, cs, ct, boxes, step_seed, cfg):
 DEFAULT = {
     "pixel_weight": 1e-3, "relation_weight": 0.004, "foreground_weight": 0.0024, "distance": "frobenius",
     "glore_mid_divisors": [2, 2, 1], "glore_normalize": False, "bn_eps": 1e-4, "bn_momentum": 0.1,
-    "relation_levels": 2, "relation_filter": "random",
+    "relation_levels": 2, "relation_filter": "random", "instance_source": "own",
 }
 SIZES = [(8, 8), (4, 4), (2, 2)]
 STRIDES = [8.0, 16.0, 32.0]
@@ -316,11 +320,12 @@ def main():
         [[[3.3, 5.1, 21.7, 30.2], [30.4, 12.6, 62.1, 50.3], [8.2, 40.6, 19.9, 57.3]],
          [[10.3, 9.8, 50.2, 41.1]]],
         12345, DEFAULT)
-    # Normalised variants, one image without boxes, a step seed above 2^63, one relation level.
+    # Normalised variants, one image without boxes, a step seed above 2^63, one relation level, and the
+    # official code's pooling of every image's boxes from the first image.
     total += make_case(
         "rms_normalize", 2, SIZES, STRIDES, 2, 3,
         [[[3.3, 5.1, 21.7, 30.2], [30.4, 12.6, 62.1, 50.3]], [], [[0.5, 1.5, 63.2, 62.7], [20.1, 22.2, 30.3, 44.4]]],
-        2**63 + 17, dict(DEFAULT, distance="rms", glore_normalize=True, relation_levels=1))
+        2**63 + 17, dict(DEFAULT, distance="rms", glore_normalize=True, relation_levels=1, instance_source="first"))
     # Instance terms only (no GloRe modules), MSE distance, no relation filter, one relation level.
     total += make_case(
         "instance_mse", 3, SIZES, STRIDES, 2, 3,

@@ -114,6 +114,8 @@ fn fixtures_cover_the_configurations() {
     let rms = get("drkd_rms_normalize");
     assert_eq!(rms.metadata["distance"], "rms");
     assert!(rms.metadata["step_seed"].parse::<u64>().unwrap() > 1 << 63);
+    assert_eq!(rms.metadata["instance_source"], "first");
+    assert_eq!(default.metadata["instance_source"], "own");
     let instance = get("drkd_instance_mse");
     assert!(!instance.tensors.keys().any(|k| k.contains("non_local")));
     assert_eq!(instance.metadata["relation_filter"], "disabled");

@@ -53,6 +53,10 @@
 //! [`relation_filter`]) — fresh every step, but reproducible, so a gradient check can hold it fixed by
 //! reusing the seed. Images without GT boxes contribute 0.
 //!
+//! The official code pools every image's boxes from the *first* image of the batch (a one-element box list
+//! passed to torchvision's `roi_align` with the whole batch); the default pools each image's boxes from its
+//! own maps, as the formulas say, and [`InstanceSource::FirstImage`] reproduces the released behaviour.
+//!
 //! # Trainable parts
 //!
 //! Everything the loss uses besides the two detectors' features is trainable and lives in the *student's*
@@ -64,6 +68,14 @@
 //! teacher's features are constants. All parameters start from PyTorch's default initialisation (`U(±1/√fan_in)`,
 //! BatchNorm γ = 1, β = 0 — GloRe's paper suggests a zero γ, the code does not). Modules of a term whose
 //! weight is 0 are not built.
+//!
+//! # Paper and code
+//!
+//! The abstract (the paper body was not available) describes a relation matrix built from instance
+//! similarities and a relation filter module; the code instead distils relation-*augmented features*
+//! (embedded-Gaussian attention over the instances, `z` above), its filter is an untrained random projection
+//! redrawn every call, there is no size-aware weighting, and the teacher-side modules are trained. This
+//! module follows the code; which of the two the authors intended is unverified.
 //!
 //! # Adaptations
 //!
@@ -111,10 +123,23 @@ pub enum RelationFilter {
     Disabled,
 }
 
+/// Which image's feature maps the instance terms pool an image's GT boxes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceSource {
+    /// Each image's own maps (what the formulas describe). Default.
+    OwnImage,
+    /// The first image of the batch, for every image: what the official code does, because it calls
+    /// `roi_align(x, boxes=[gt_bboxes[i]], …)` with the whole batch `x` and a one-element box list, which
+    /// torchvision reads as "these boxes belong to image 0". Reproduces the released behaviour.
+    FirstImage,
+}
+
 /// Which side's relation module a filter belongs to (part of its seed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RelationSide {
+    /// The student's relation module (`0` in the seed).
     Student = 0,
+    /// The teacher-side relation module (`1` in the seed).
     Teacher = 1,
 }
 
@@ -142,6 +167,8 @@ pub struct DrkdConfig {
     pub roi: RoiAlignConfig,
     /// Default [`RelationFilter::FreshRandom`].
     pub relation_filter: RelationFilter,
+    /// Default [`InstanceSource::OwnImage`] (see there for the official code's behaviour).
+    pub instance_source: InstanceSource,
 }
 
 impl Default for DrkdConfig {
@@ -160,6 +187,7 @@ impl Default for DrkdConfig {
             relation_levels: 2,
             roi: RoiAlignConfig::torchvision((3, 3)),
             relation_filter: RelationFilter::FreshRandom,
+            instance_source: InstanceSource::OwnImage,
         }
     }
 }
@@ -630,6 +658,7 @@ impl DrkdDistiller {
         })
     }
 
+    /// The settings the method was built with.
     pub fn config(&self) -> &DrkdConfig {
         &self.cfg
     }
@@ -817,8 +846,12 @@ impl DrkdDistiller {
         let (mut relation, mut foreground) = (None, None);
         let mut rois = Vec::new();
         for (img, list) in x.boxes.iter().enumerate() {
+            let source = match cfg.instance_source {
+                InstanceSource::OwnImage => img,
+                InstanceSource::FirstImage => 0,
+            };
             for bx in list {
-                rois.extend([img as f64, bx[0], bx[1], bx[2], bx[3]]);
+                rois.extend([source as f64, bx[0], bx[1], bx[2], bx[3]]);
             }
         }
         if !rois.is_empty() {
@@ -1206,6 +1239,39 @@ mod tests {
         assert!(store
             .id("distill.drkd.student_relation.2.W.weight")
             .is_none());
+    }
+
+    #[test]
+    fn first_image_pooling_reads_image_zero() {
+        let first = DrkdConfig {
+            instance_source: InstanceSource::FirstImage,
+            pixel_weight: 0.0,
+            ..small()
+        };
+        let own = DrkdConfig {
+            pixel_weight: 0.0,
+            ..small()
+        };
+        let mut p = problem(12);
+        let (a, _) = run(&first, &p, 3).unwrap();
+        let (b, _) = run(&own, &p, 3).unwrap();
+        assert_ne!(a.loss, b.loss);
+        // With image 1's maps replaced by image 0's, both read the same features.
+        for maps in [&mut p.student, &mut p.teacher] {
+            for m in maps.iter_mut() {
+                let shape = m.shape().to_vec();
+                let half = m.numel() / 2;
+                let mut v = m.to_vec::<f64>().unwrap();
+                v.copy_within(..half, half);
+                *m = t(v, &shape);
+            }
+        }
+        let (a, _) = run(&first, &p, 3).unwrap();
+        let (b, _) = run(&own, &p, 3).unwrap();
+        assert_eq!(a.loss, b.loss);
+        // The official variant sends every gradient to image 0.
+        let g = a.student_grads[0].to_vec::<f64>().unwrap();
+        assert!(g[g.len() / 2..].iter().all(|&v| v == 0.0));
     }
 
     #[test]

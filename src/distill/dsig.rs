@@ -33,6 +33,10 @@
 //! kept iff `CE_j ≥ θ`. Without mining ([`DsigConfig::bg_mining`] = false) the graph has the fg nodes only,
 //! as in the official code.
 //!
+//! **Paper and code.** The abstract (the paper body was not available) describes the node, edge, adaptive
+//! bg-weight and bg-mining parts; the released configurations of the small students also use the full-map
+//! FPN MSE (and RoI logit/delta KD). The defaults follow the released R18←R50 configuration.
+//!
 //! # Adaptations to a one-stage GFL detector (stated plainly)
 //!
 //! - **No RPN, no RoI sampler.** Dsig pools the RoIs its Faster R-CNN samples for the box head: 512 per
@@ -104,9 +108,17 @@ impl NodeLevels {
 pub enum BackgroundSizes {
     /// Each box takes the `w, h` of a uniformly chosen GT box of the image, both scaled by one factor
     /// `exp(U(−ln j, ln j))` (log-uniform in `[1/j, j]`), `j > 1`.
-    LikeGroundTruth { jitter: f64 },
+    LikeGroundTruth {
+        /// The largest scale factor `j` (default 1.5).
+        jitter: f64,
+    },
     /// `w` and `h` independently log-uniform in `[min, max]` pixels.
-    Range { min: f64, max: f64 },
+    Range {
+        /// Smallest side in pixels.
+        min: f64,
+        /// Largest side in pixels.
+        max: f64,
+    },
 }
 
 /// How many background boxes are sampled per image, and how (see the module docs).
@@ -321,7 +333,9 @@ impl DsigConfig {
 /// The node boxes of one image (input pixels): foreground first, then background.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DsigNodes {
+    /// Foreground nodes (GT boxes in training; the caller's boxes in the RetinaNet variant).
     pub foreground: Vec<Box4>,
+    /// Background nodes (all enter the bg node loss; the mined ones also the graph).
     pub background: Vec<Box4>,
 }
 
@@ -531,6 +545,7 @@ impl DsigDistiller {
         })
     }
 
+    /// The settings the method was built with.
     pub fn config(&self) -> &DsigConfig {
         &self.cfg
     }

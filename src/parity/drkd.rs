@@ -10,11 +10,13 @@
 //! with the defaults of [`DrkdConfig`]: `pixel_weight`, `relation_weight`, `foreground_weight`,
 //! `bn_eps`, `bn_momentum` (floats), `glore_mid_divisors` (comma-separated integers), `relation_levels`
 //! (integer), `glore_normalize` (bool), `distance` (`frobenius`, `rms`, `mean_square`),
-//! `relation_filter` (`random`, `disabled`).
+//! `relation_filter` (`random`, `disabled`), `instance_source` (`own`, `first`).
 
 use super::dsig::{boxes_by_image, levels, load_params};
 use super::{ParityInputs, Results};
-use crate::distill::drkd::{DrkdConfig, DrkdDistiller, RelationDistance, RelationFilter};
+use crate::distill::drkd::{
+    DrkdConfig, DrkdDistiller, InstanceSource, RelationDistance, RelationFilter,
+};
 use crate::distill::DetectorShape;
 use crate::error::{Error, Result};
 use crate::nn::{BufferUpdates, ParamStore};
@@ -52,6 +54,19 @@ fn config(inputs: &ParityInputs<'_>) -> Result<DrkdConfig> {
             ))
         }
     };
+    let instance_source = match inputs
+        .parse_or("instance_source", "a name", "own".to_string())?
+        .as_str()
+    {
+        "own" => InstanceSource::OwnImage,
+        "first" => InstanceSource::FirstImage,
+        other => {
+            return Err(Error::invalid(
+                "instance_source",
+                format!("expected `own` or `first`, got `{other}`"),
+            ))
+        }
+    };
     Ok(DrkdConfig {
         pixel_weight: float("pixel_weight", d.pixel_weight)?,
         relation_weight: float("relation_weight", d.relation_weight)?,
@@ -69,6 +84,7 @@ fn config(inputs: &ParityInputs<'_>) -> Result<DrkdConfig> {
         },
         relation_levels: inputs.parse_or("relation_levels", "an integer", d.relation_levels)?,
         relation_filter,
+        instance_source,
         ..d
     })
 }
