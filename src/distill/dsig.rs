@@ -58,6 +58,7 @@
 //! Images without GT contribute 0 to the node terms (the official `mean` of an empty set would be NaN), an
 //! image without bg nodes contributes 0 to the bg term, and an empty batch gives zero terms.
 
+use super::gfl::constant_like;
 use super::{
     run_on_tape, Box4, DetectorOutputs, DetectorShape, Distiller, ImageTargets, LossTerm,
     MethodGradients, StepContext,
@@ -820,9 +821,17 @@ impl DsigDistiller {
             return Ok(terms);
         }
         let (mut fg, mut bg, mut edge) = (None, None, None);
+        // Rows: every image's foreground, then every image's background, so each node loss reads one
+        // contiguous block.
         let mut rois = Vec::new();
         for (img, n) in x.nodes.iter().enumerate() {
-            for bx in n.foreground.iter().chain(&n.background) {
+            for bx in &n.foreground {
+                rois.extend([img as f64, bx[0], bx[1], bx[2], bx[3]]);
+            }
+        }
+        let num_fg = rois.len() / 5;
+        for (img, n) in x.nodes.iter().enumerate() {
+            for bx in &n.background {
                 rois.extend([img as f64, bx[0], bx[1], bx[2], bx[3]]);
             }
         }
@@ -875,46 +884,74 @@ impl DsigDistiller {
                 eps: cfg.edge_eps,
                 loss_weight: 1.0,
             };
-            let mut offset = 0;
+            // Per-row weights turn the per-image means into one weighted sum over a block of rows:
+            // Σ_img mean_{n×D}(v^s − v^t)² = Σ_rows w_row Σ_d (v^s − v^t)², w_row = 1/(n·D) in its image.
+            let mut row_weight = vec![0.0; k];
+            let (mut fg_offset, mut bg_offset) = (0, num_fg);
             for (n, mined) in x.nodes.iter().zip(&mined) {
                 let (nf, nb) = (n.foreground.len(), n.background.len());
                 if nf > 0 && cfg.node_fg_weight != 0.0 {
-                    let s = tape.narrow(pooled_s, 0, offset, nf)?;
-                    let t = tape.narrow(pooled_t, 0, offset, nf)?;
-                    add_into(tape, &mut fg, tape.mse_loss(s, t)?)?;
+                    row_weight[fg_offset..fg_offset + nf].fill(1.0 / (nf * d) as f64);
                 }
                 let bg_scale = if cfg.adaptive_bg_weight {
                     cfg.bg_weight_alpha * nf as f64 / nb.max(1) as f64
                 } else {
                     1.0
                 };
-                if nb > 0 && cfg.node_bg_weight != 0.0 && bg_scale != 0.0 {
-                    let s = tape.narrow(pooled_s, 0, offset + nf, nb)?;
-                    let t = tape.narrow(pooled_t, 0, offset + nf, nb)?;
-                    let mse = tape.mse_loss(s, t)?;
-                    add_into(tape, &mut bg, tape.scale(mse, bg_scale)?)?;
+                if nb > 0 && cfg.node_bg_weight != 0.0 {
+                    row_weight[bg_offset..bg_offset + nb].fill(bg_scale / (nb * d) as f64);
                 }
                 let m = nf + mined.len();
                 if m > 0 && cfg.edge_weight != 0.0 {
-                    let rows = if mine { nf + nb } else { nf };
-                    let s = tape.narrow(pooled_s, 0, offset, rows)?;
-                    let t = tape.narrow(pooled_t, 0, offset, rows)?;
-                    let subset = if m == rows {
-                        None
-                    } else {
-                        let ids: Vec<i64> = (0..nf)
-                            .map(|i| i as i64)
-                            .chain(mined.iter().map(|&j| (nf + j) as i64))
-                            .collect();
-                        Some(tape.constant(Tensor::from_vec(ids, &[m])?))
-                    };
-                    add_into(
-                        tape,
-                        &mut edge,
-                        tape.dsig_edge_loss(s, t, subset, &edge_cfg)?,
-                    )?;
+                    // The graph's vertices, selected inside the op.
+                    let ids: Vec<i64> = (fg_offset..fg_offset + nf)
+                        .chain(mined.iter().map(|&j| bg_offset + j))
+                        .map(|i| i as i64)
+                        .collect();
+                    let ids = tape.constant(Tensor::from_vec(ids, &[m])?);
+                    let e = tape.dsig_edge_loss(pooled_s, pooled_t, Some(ids), &edge_cfg)?;
+                    add_into(tape, &mut edge, e)?;
                 }
-                offset += nf + nb;
+                fg_offset += nf;
+                bg_offset += nb;
+            }
+            let blocks = [
+                (cfg.node_fg_weight != 0.0 && num_fg > 0, 0, num_fg),
+                (cfg.node_bg_weight != 0.0 && num_fg < k, num_fg, k - num_fg),
+            ];
+            // One pass over the rows any node term reads.
+            let (start, end) = match blocks {
+                [(true, ..), (true, ..)] => (0, k),
+                [(true, s, n), _] | [_, (true, s, n)] => (s, s + n),
+                _ => (0, 0),
+            };
+            if end > start {
+                let (s, t) = if (start, end) == (0, k) {
+                    (pooled_s, pooled_t)
+                } else {
+                    (
+                        tape.narrow(pooled_s, 0, start, end - start)?,
+                        tape.narrow(pooled_t, 0, start, end - start)?,
+                    )
+                };
+                let diff = tape.sub(s, t)?;
+                let sq = tape.square(diff)?;
+                let row_sums = tape.sum_axes(sq, &[1], false)?;
+                for (i, &(wanted, lo, len)) in blocks.iter().enumerate() {
+                    if !wanted {
+                        continue;
+                    }
+                    let mut w = vec![0.0; end - start];
+                    w[lo - start..lo - start + len].copy_from_slice(&row_weight[lo..lo + len]);
+                    let w = constant_like(tape, w, &[end - start], &*tape.value(row_sums)?)?;
+                    let prod = tape.mul(row_sums, w)?;
+                    let total = tape.sum_all(prod)?;
+                    if i == 0 {
+                        fg = Some(total);
+                    } else {
+                        bg = Some(total);
+                    }
+                }
             }
         }
         for (name, weight, sum) in [
