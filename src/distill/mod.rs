@@ -12,6 +12,8 @@
 //! official code and the paper differ, the default follows the code and the paper's variant is an option
 //! (documented per method).
 
+pub mod drkd;
+pub mod dsig;
 pub mod gfl;
 pub mod ld;
 

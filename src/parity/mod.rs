@@ -9,6 +9,8 @@
 mod boxes;
 mod conv2d;
 mod dist_kl;
+mod drkd;
+mod dsig;
 mod elementwise;
 mod focal;
 mod graph_conv;
@@ -103,6 +105,14 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: ld::OPS,
         run: ld::run,
+    },
+    Family {
+        ops: dsig::OPS,
+        run: dsig::run,
+    },
+    Family {
+        ops: drkd::OPS,
+        run: drkd::run,
     },
 ];
 
