@@ -1,6 +1,7 @@
 //! Building the distillation methods by name for `detkd distill` and the demo, with per-term weight
 //! multipliers from a config file.
 
+use super::model::TinyGflConfig;
 use super::train::Detector;
 use crate::distill::{
     DetectorOutputs, DetectorShape, Distiller, FeatureSource, LossTerm, StepContext,
@@ -104,13 +105,31 @@ pub fn build_methods(
 
 fn build_one(
     name: &str,
-    _store: &mut ParamStore,
-    _student: &DetectorShape,
-    _teacher: &DetectorShape,
-    _seed: u64,
+    store: &mut ParamStore,
+    student: &DetectorShape,
+    teacher: &DetectorShape,
+    seed: u64,
 ) -> Result<Box<dyn Distiller>> {
+    use crate::distill::{drkd, dsig, ld};
+    let levels = TinyGflConfig::FPN_STRIDES.len();
     Ok(match name {
-        "ld" => Box::new(crate::distill::ld::LdDistiller::new(Default::default())?),
+        "ld" => Box::new(ld::LdDistiller::new(Default::default())?),
+        "dsig" => Box::new(dsig::DsigDistiller::new(
+            store,
+            student,
+            teacher,
+            levels,
+            Default::default(),
+            seed,
+        )?),
+        "drkd" => Box::new(drkd::DrkdDistiller::new(
+            store,
+            student,
+            teacher,
+            levels,
+            Default::default(),
+            seed,
+        )?),
         _ => {
             return Err(Error::invalid(
                 "methods",
