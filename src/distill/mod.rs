@@ -13,6 +13,7 @@
 //! (documented per method).
 
 pub mod gfl;
+pub mod gkd;
 
 use crate::autograd::Var;
 
