@@ -14,6 +14,7 @@
 
 pub mod gfl;
 pub mod gkd;
+pub mod hgd;
 
 use crate::autograd::Var;
 
