@@ -11,7 +11,9 @@ mod conv2d;
 mod dist_kl;
 mod elementwise;
 mod focal;
+mod gkd;
 mod graph_conv;
+mod hgd;
 mod norm;
 mod optim;
 mod prototype;
@@ -98,6 +100,14 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: norm::OPS,
         run: norm::run,
+    },
+    Family {
+        ops: gkd::OPS,
+        run: gkd::run,
+    },
+    Family {
+        ops: hgd::OPS,
+        run: hgd::run,
     },
 ];
 

@@ -23,7 +23,10 @@
 //!   as the official mask repeated over `C`) holds, for the GT boxes assigned to level `l`, their `r_b` on
 //!   the cells `[⌊y1/s⌋, ⌊y2/s⌋) × [⌊x1/s⌋, ⌊x2/s⌋)` clamped to the map (later boxes overwrite; an empty
 //!   extent marks the single cell `(⌊y1/s⌋, ⌊x1/s⌋)` with the larger of its value and `r_b`);
-//!   `Ō = 1 − 1[M > 0]`. Sums run over the whole batch. `a = 1 − epoch/num_epochs` (zero-based epoch,
+//!   `Ō = 1 − 1[M > 0]` where `M ≥ 0`. A box whose student and teacher similarities differ by more than 1
+//!   has `r_b < 0`; the official code then keeps `r_b` in its "one-hot" mask, so its cells count as
+//!   background with weight `1 − r_b > 1` (and as foreground with weight `r_b`), and so does this one:
+//!   `Ō = 1 − M` where `M ≤ 0`. Sums run over the whole batch. `a = 1 − epoch/num_epochs` (zero-based epoch,
 //!   [`GkdConfig::attenuation`]). The official code averages over its 5 levels (`/5`); here `/L`.
 //! - **Level assignment** (mmdet's rule, GKD's `_map_roi_levels`):
 //!   `lvl(b) = clamp(⌊log2(√((w + 1)(h + 1)) / s₀ + 1e-6)⌋, 0, L − 1)`. The official `s₀ = 56` sends
@@ -397,6 +400,37 @@ impl GkdDistiller {
         })
     }
 
+    /// The robustness weights `r` GKD would use for this batch: per FPN level, one per GT box of
+    /// `ctx.assignment.images` (image 0's boxes first); all 1 without prototypes. For inspection and
+    /// logging; [`GkdDistiller::compute`] computes them itself.
+    pub fn robust_weights_of(
+        &self,
+        student: &GkdInputs<'_>,
+        teacher: &GkdInputs<'_>,
+        ctx: &StepContext<'_>,
+    ) -> Result<Vec<Vec<f64>>> {
+        let tape = Tape::new();
+        let side = |inputs: &GkdInputs<'_>| -> Result<DetectorOutputs> {
+            let constants = |v: &[&Tensor]| -> Result<Vec<Var>> {
+                v.iter()
+                    .map(|t| Ok(tape.constant(t.try_clone()?)))
+                    .collect()
+            };
+            Ok(DetectorOutputs {
+                stages: Vec::new(),
+                stage_strides: Vec::new(),
+                fpn: constants(&inputs.fpn)?,
+                fpn_strides: inputs.fpn_strides.clone(),
+                cls: Vec::new(),
+                reg: Vec::new(),
+            })
+        };
+        let (so, to) = (side(student)?, side(teacher)?);
+        let batch = self.check_levels(&tape, &so, &to)?;
+        let boxes = self.batch_boxes(ctx.assignment, batch)?;
+        Ok(self.robust_weights(&tape, &so, &to, &boxes)?.per_level)
+    }
+
     fn adapter_vars(&self, b: &Bound) -> Vec<(Var, Var)> {
         self.adapters
             .iter()
@@ -713,9 +747,11 @@ impl GkdDistiller {
                 h,
                 wd,
             );
+            // The official `1 − onehot`, where `onehot` is the mask with its positive cells set to 1: a
+            // cell of a box with r_b ≤ 0 keeps −r_b in it (module docs).
             let background: Vec<f64> = mask
                 .iter()
-                .map(|&m| if m > 0.0 { 0.0 } else { 1.0 })
+                .map(|&m| if m > 0.0 { 0.0 } else { 1.0 - m })
                 .collect();
             let fg_norm = (2.0 * c as f64 * mask.iter().sum::<f64>()).max(1.0);
             let bg_norm = (2.0 * c as f64 * background.iter().sum::<f64>()).max(1.0);

@@ -415,7 +415,7 @@ fn terms_follow_the_formulas() {
                     let i = (img * 3 + c) * h * w + q;
                     let d2 = (adapted[l][i] - tv[i]).powi(2);
                     let m = mask[img * h * w + q];
-                    let o = if m > 0.0 { 0.0 } else { 1.0 };
+                    let o = if m > 0.0 { 0.0 } else { 1.0 - m };
                     sf += m * d2;
                     sb += o * d2;
                     nf += m;
