@@ -84,8 +84,13 @@ fn main() -> detkd::Result<()> {
         // here, so the four settings start from the same adapters).
         let mut store = ParamStore::new();
         let hgd = HgdDistiller::new(&mut store, &shape(&s_cfg), &shape(&t_cfg), 3, cfg, 3)?;
-        let out = hgd.compute(&store, &student_in, &teacher_in, &targets)?;
-        println!("micro {micro:5} macro {macro_:5}: loss_hgd {:.5}", out.loss);
+        let (out, stats) = hgd.compute_with_stats(&store, &student_in, &teacher_in, &targets)?;
+        println!(
+            "micro {micro:5} macro {macro_:5}: loss_hgd_proposal {:.5}",
+            out.loss
+        );
+        println!("  L_k (C2..C5, P3..P5): {:.3?}", stats.losses);
+        println!("  λ_k:                  {:.3?}", stats.macro_weights);
         let norms: Vec<String> = out
             .student_grads
             .iter()

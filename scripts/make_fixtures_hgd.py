@@ -14,7 +14,7 @@ section 5), written here in PyTorch with autograd, float64 on the CPU:
 
 What it makes: ``tests/fixtures/methods/hgd_<case>.safetensors`` with the inputs of the ``detkd
 parity`` op ``hgd`` (src/parity/hgd.rs documents names and metadata) and PyTorch's ``expected.loss``,
-``expected.loss_hgd`` and ``expected.grad.<student input or adapter parameter>``.
+``expected.loss_hgd_proposal`` and ``expected.grad.<student input or adapter parameter>``.
 
 Box corners sit away from cell centres, so a rounding of the coordinates cannot move a cell in or
 out of a box.
@@ -96,7 +96,7 @@ def hgd_peer(meta, x):
     loss = gamma * sum(lw * l for lw, l in zip(lambdas, losses))
     inputs = list(student.values()) + list(params.values())
     grads = torch.autograd.grad(loss, inputs)
-    out = {"loss": loss.detach().reshape(()), "loss_hgd": loss.detach().reshape(())}
+    out = {"loss": loss.detach().reshape(()), "loss_hgd_proposal": loss.detach().reshape(())}
     for name, g in zip(list(student) + list(params), grads):
         out[f"grad.{name}"] = g
     return out

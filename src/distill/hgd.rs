@@ -26,7 +26,7 @@
 //!   (one normaliser over the batch). If `Σω = 0` (only possible with λ_gt = 1 and no box) `L_k = 0`.
 //! - **Macro (stage) re-weighting.** `λ_k = K·sg(L_k) / Σ_j sg(L_j)` (1 for all stages when every `L_j`
 //!   is 0): stages that imitate worse get more weight, the weights average 1.
-//! - `L_HGD = γ Σ_k λ_k L_k`, γ = 1 (one term, `loss_hgd`).
+//! - `L_HGD = γ Σ_k λ_k L_k`, γ = 1 (one term, named `loss_hgd_proposal` so that logs say what it is).
 //!
 //! [`HgdConfig::micro_weighting`] = false sets `ω = 1` (plain MSE per stage), [`HgdConfig::macro_weighting`]
 //! = false sets `λ_k = 1`, for ablations.
@@ -102,17 +102,22 @@ impl HgdConfig {
 pub struct HgdInputs<'a> {
     /// Backbone stages `[B, C_k, H_k, W_k]`, finest first.
     pub stages: Vec<&'a Tensor>,
+    /// Their strides in input pixels (the teacher's place the ground truth on its maps).
     pub stage_strides: Vec<f64>,
     /// FPN levels `[B, F, H_l, W_l]`, finest first.
     pub fpn: Vec<&'a Tensor>,
+    /// Their strides in input pixels.
     pub fpn_strides: Vec<f64>,
 }
 
 /// What one evaluation computed per stage (detached): `L_k`, the macro weights `λ_k` used, and `Σω`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HgdStageStats {
+    /// `L_k` per stage (backbone stages, then FPN levels).
     pub losses: Vec<f64>,
+    /// `λ_k` as used (1 when macro weighting is off).
     pub macro_weights: Vec<f64>,
+    /// `Σω` per stage (`B·H·W` when micro weighting is off).
     pub weight_sums: Vec<f64>,
 }
 
@@ -180,6 +185,7 @@ impl HgdDistiller {
         })
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &HgdConfig {
         &self.cfg
     }
@@ -199,10 +205,23 @@ impl HgdDistiller {
         teacher: &HgdInputs<'_>,
         images: &[ImageTargets],
     ) -> Result<MethodGradients> {
+        Ok(self.compute_with_stats(store, student, teacher, images)?.0)
+    }
+
+    /// [`HgdDistiller::compute`], also returning the per-stage losses and weights (for logging and
+    /// ablations).
+    pub fn compute_with_stats(
+        &self,
+        store: &ParamStore,
+        student: &HgdInputs<'_>,
+        teacher: &HgdInputs<'_>,
+        images: &[ImageTargets],
+    ) -> Result<(MethodGradients, HgdStageStats)> {
+        let mut stats = None;
         let s_all: Vec<&Tensor> = student.stages.iter().chain(&student.fpn).copied().collect();
         let t_all: Vec<&Tensor> = teacher.stages.iter().chain(&teacher.fpn).copied().collect();
         let (ns, nt) = (student.stages.len(), teacher.stages.len());
-        super::run_on_tape(store, &s_all, &t_all, |tape, b, s, t| {
+        let out = super::run_on_tape(store, &s_all, &t_all, |tape, b, s, t| {
             let outputs = |v: &[Var], n: usize, side: &HgdInputs<'_>| DetectorOutputs {
                 stages: v[..n].to_vec(),
                 stage_strides: side.stage_strides.clone(),
@@ -214,8 +233,11 @@ impl HgdDistiller {
             let adapters = self.adapter_vars(b);
             let so = outputs(s, ns, student);
             let to = outputs(t, nt, teacher);
-            Ok(self.terms(tape, &adapters, &so, &to, images, None)?.0)
-        })
+            let (terms, st) = self.terms(tape, &adapters, &so, &to, images, None)?;
+            stats = Some(st);
+            Ok(terms)
+        })?;
+        Ok((out, stats.expect("the loss was built")))
     }
 
     fn adapter_vars(&self, b: &Bound) -> Vec<(Var, Var)> {
@@ -452,7 +474,7 @@ impl HgdDistiller {
         let total = total.expect("at least one stage");
         Ok((
             vec![LossTerm {
-                name: "loss_hgd",
+                name: "loss_hgd_proposal",
                 value: total,
             }],
             HgdStageStats {

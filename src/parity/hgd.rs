@@ -2,7 +2,7 @@
 //!
 //! | op | tensors | results |
 //! | --- | --- | --- |
-//! | `hgd` | `student.stage.<k>`, `teacher.stage.<k>` (backbone stages), `student.fpn.<l>`, `teacher.fpn.<l>` (FPN levels), `boxes` `[M, 4]` with `box_image` (i64 `[M]`, ascending), the adapters `distill.hgd.adapter.<k>.weight` / `.bias` (stages first, then FPN levels) | `loss`, `loss_hgd`, `grad.student.stage.<k>`, `grad.student.fpn.<l>`, `grad.distill.hgd.adapter.<k>.weight` / `.bias` |
+//! | `hgd` | `student.stage.<k>`, `teacher.stage.<k>` (backbone stages), `student.fpn.<l>`, `teacher.fpn.<l>` (FPN levels), `boxes` `[M, 4]` with `box_image` (i64 `[M]`, ascending), the adapters `distill.hgd.adapter.<k>.weight` / `.bias` (stages first, then FPN levels) | `loss`, `loss_hgd_proposal`, `grad.student.stage.<k>`, `grad.student.fpn.<l>`, `grad.distill.hgd.adapter.<k>.weight` / `.bias` |
 //!
 //! Metadata: `stage_strides` and `fpn_strides` (comma-separated; the teacher's, where the boxes are
 //! projected; `fpn_strides` may be absent without FPN levels); optional [`HgdConfig`] keys with its

@@ -55,7 +55,7 @@
 //! then the adapter's backward; `∂L_soft/∂z_b = r'_b T (p^s_b − p^t_b)/(C R)`. `r`, `r'` and the masks are
 //! constants.
 
-mod pgm;
+pub mod pgm;
 #[cfg(test)]
 mod tests;
 
@@ -94,7 +94,10 @@ pub enum GlobalKnowledge {
     /// `‖x̂ − p̂‖² = 2(1 − cos)`, so the logits are `−(1 − cos)/0.1`, the distance scale of the PGM's
     /// density kernel (σ = 0.1); a cosine gap of 0.3 between two prototypes is then a factor e³ ≈ 20 in
     /// their assignment, peaked but not one-hot.
-    SoftAssignment { temperature: f64 },
+    SoftAssignment {
+        /// `τ > 0` of `softmax_k(−‖x̂ − p̂_k‖²/τ)`.
+        temperature: f64,
+    },
 }
 
 /// GKD's settings; the default is the released `faster_rcnn_coco_kd_config.py` (`kd_param =
@@ -298,6 +301,7 @@ impl GkdDistiller {
         })
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &GkdConfig {
         &self.cfg
     }
@@ -352,6 +356,7 @@ impl GkdDistiller {
         self.prototypes = None;
     }
 
+    /// The current prototypes, if any were set.
     pub fn prototypes(&self) -> Option<&GkdPrototypes> {
         self.prototypes.as_ref()
     }

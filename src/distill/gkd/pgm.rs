@@ -477,7 +477,9 @@ pub struct LevelPrototypes {
 /// [`GkdPrototypeCollector`], hand them to [`super::GkdDistiller::set_prototypes`].
 #[derive(Debug)]
 pub struct GkdPrototypes {
+    /// One entry per FPN level, finest first.
     pub levels: Vec<LevelPrototypes>,
+    /// The class count the labels were checked against.
     pub num_classes: usize,
 }
 
@@ -564,6 +566,7 @@ impl GkdPrototypes {
         self.levels.iter().map(|l| l.source_rows.len()).sum()
     }
 
+    /// No prototype at any level.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -575,6 +578,7 @@ impl GkdPrototypes {
 /// One image of a PGM sample: its index in the dataset and the boxes it contributes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PgmImage {
+    /// Position in the dataset passed to [`pgm_sample`].
     pub index: usize,
     /// The boxes (and labels) of the classes this image was drawn for that pass the size filter.
     pub targets: ImageTargets,
@@ -583,6 +587,7 @@ pub struct PgmImage {
 /// The images the PGM runs on, ascending by dataset index.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PgmSample {
+    /// The drawn images with their boxes.
     pub images: Vec<PgmImage>,
 }
 
@@ -684,6 +689,7 @@ impl GkdPrototypeCollector {
         self.labels.len()
     }
 
+    /// Nothing collected yet.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
