@@ -34,7 +34,7 @@
 //! Gradient (student): `∂L/∂Ŝ_k = 2γλ_k ω (Ŝ_k − T_k) / (C_k Σω)` (λ and ω are stop-gradient constants),
 //! then the 1×1 convolution's and the resize's backward.
 
-use super::gkd::torch_default_conv;
+use super::gkd::{adapter_vars, check_images, torch_default_conv};
 use super::{
     Box4, DetectorOutputs, DetectorShape, Distiller, ImageTargets, LossTerm, MethodGradients,
     StepContext,
@@ -241,15 +241,7 @@ impl HgdDistiller {
     }
 
     fn adapter_vars(&self, b: &Bound) -> Vec<(Var, Var)> {
-        self.adapters
-            .iter()
-            .map(|c| {
-                (
-                    b.var(c.weight),
-                    b.var(c.bias.expect("adapters have a bias")),
-                )
-            })
-            .collect()
+        adapter_vars(&self.adapters, b)
     }
 
     /// The (student, teacher, teacher stride) of every stage, validated against the adapters.
@@ -397,29 +389,7 @@ impl HgdDistiller {
         }
         let pairs = self.pairs(tape, student, teacher)?;
         let batch = tape.shape(pairs[0].0)?[0];
-        if images.len() != batch {
-            return Err(Error::invalid(
-                "images",
-                format!(
-                    "expected the ground truth of {batch} images, got {}",
-                    images.len()
-                ),
-            ));
-        }
-        for (i, t) in images.iter().enumerate() {
-            if let Some(bad) = t
-                .boxes
-                .iter()
-                .find(|b| b.iter().any(|v| !v.is_finite()) || b[2] < b[0] || b[3] < b[1])
-            {
-                return Err(Error::invalid(
-                    "images",
-                    format!(
-                        "image {i} has a box that is not finite with x1 ≤ x2, y1 ≤ y2: {bad:?}"
-                    ),
-                ));
-            }
-        }
+        check_images(images, batch, None, "images")?;
         let k_total = pairs.len();
         let mut stage_losses = Vec::with_capacity(k_total);
         let mut weight_sums = Vec::with_capacity(k_total);
@@ -565,6 +535,21 @@ mod tests {
         t.to_vec::<f64>().unwrap()
     }
 
+    /// `values` recorded on `tape`, as leaves or as constants.
+    fn on_tape(tape: &Tape, values: &[Tensor], leaves: bool) -> Vec<Var> {
+        values
+            .iter()
+            .map(|x| {
+                let x = x.try_clone().unwrap();
+                if leaves {
+                    tape.leaf(x)
+                } else {
+                    tape.constant(x)
+                }
+            })
+            .collect()
+    }
+
     fn shapes() -> (DetectorShape, DetectorShape) {
         let s = DetectorShape {
             stage_channels: vec![2, 3],
@@ -668,16 +653,8 @@ mod tests {
     /// The stage statistics at the unperturbed point.
     fn stats(d: &HgdDistiller, store: &ParamStore, p: &Problem) -> HgdStageStats {
         let tape = Tape::new();
-        let s: Vec<Var> = p
-            .student
-            .iter()
-            .map(|x| tape.constant(x.try_clone().unwrap()))
-            .collect();
-        let te: Vec<Var> = p
-            .teacher
-            .iter()
-            .map(|x| tape.constant(x.try_clone().unwrap()))
-            .collect();
+        let s: Vec<Var> = on_tape(&tape, &p.student, false);
+        let te: Vec<Var> = on_tape(&tape, &p.teacher, false);
         let b = store.bind(&tape);
         d.terms(
             &tape,
@@ -834,14 +811,8 @@ mod tests {
 
         // The same gradient as the loss with λ injected as constants: no gradient flows through λ.
         let tape = Tape::new();
-        let s: Vec<Var> = student
-            .iter()
-            .map(|x| tape.leaf(x.try_clone().unwrap()))
-            .collect();
-        let te: Vec<Var> = teacher
-            .iter()
-            .map(|x| tape.constant(x.try_clone().unwrap()))
-            .collect();
+        let s: Vec<Var> = on_tape(&tape, student, true);
+        let te: Vec<Var> = on_tape(&tape, teacher, false);
         let b = store.bind(&tape);
         let so = DetectorOutputs {
             stages: vec![s[0]],

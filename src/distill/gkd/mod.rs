@@ -66,8 +66,8 @@ pub use pgm::{
 
 use super::gfl::{check_assignment, constant_like};
 use super::{
-    Box4, DenseAssignment, DetectorOutputs, DetectorShape, Distiller, LossTerm, MethodGradients,
-    StepContext,
+    Box4, DenseAssignment, DetectorOutputs, DetectorShape, Distiller, ImageTargets, LossTerm,
+    MethodGradients, StepContext,
 };
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
@@ -220,6 +220,70 @@ pub(crate) fn torch_default_conv(
         store.set(bias, uniform(&[spec.out_channels])?)?;
     }
     Ok(conv)
+}
+
+/// The `(weight, bias)` tape variables of adapters registered with a bias.
+pub(crate) fn adapter_vars(adapters: &[Conv2d], b: &Bound) -> Vec<(Var, Var)> {
+    adapters
+        .iter()
+        .map(|c| {
+            (
+                b.var(c.weight),
+                b.var(c.bias.expect("adapters are registered with a bias")),
+            )
+        })
+        .collect()
+}
+
+/// Checks a batch's ground truth: one entry per image, finite boxes with `x1 ≤ x2`, `y1 ≤ y2`, and, with
+/// `num_classes`, one label per box below it.
+pub(crate) fn check_images(
+    images: &[ImageTargets],
+    batch: usize,
+    num_classes: Option<usize>,
+    arg: &str,
+) -> Result<()> {
+    if images.len() != batch {
+        return Err(Error::invalid(
+            arg,
+            format!(
+                "expected the ground truth of {batch} images, got {}",
+                images.len()
+            ),
+        ));
+    }
+    for (i, t) in images.iter().enumerate() {
+        if let Some(bad) = t
+            .boxes
+            .iter()
+            .find(|b| b.iter().any(|v| !v.is_finite()) || b[2] < b[0] || b[3] < b[1])
+        {
+            return Err(Error::invalid(
+                arg,
+                format!("image {i} has a box that is not finite with x1 ≤ x2, y1 ≤ y2: {bad:?}"),
+            ));
+        }
+        let Some(classes) = num_classes else {
+            continue;
+        };
+        if t.boxes.len() != t.labels.len() {
+            return Err(Error::invalid(
+                arg,
+                format!(
+                    "image {i} has {} boxes and {} labels",
+                    t.boxes.len(),
+                    t.labels.len()
+                ),
+            ));
+        }
+        if let Some(c) = t.labels.iter().find(|&&c| c >= classes) {
+            return Err(Error::invalid(
+                arg,
+                format!("image {i} has label {c}, out of range for {classes} classes"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The tensors the embedding entry [`GkdDistiller::compute`] takes for one side (student or teacher).
@@ -437,63 +501,23 @@ impl GkdDistiller {
     }
 
     fn adapter_vars(&self, b: &Bound) -> Vec<(Var, Var)> {
-        self.adapters
-            .iter()
-            .map(|c| {
-                (
-                    b.var(c.weight),
-                    b.var(c.bias.expect("adapters have a bias")),
-                )
-            })
-            .collect()
+        adapter_vars(&self.adapters, b)
     }
 
     /// Checks the batch's GT boxes and assigns their levels.
     fn batch_boxes(&self, assign: &DenseAssignment, batch: usize) -> Result<BatchBoxes> {
-        if assign.images.len() != batch {
-            return Err(Error::invalid(
-                "assignment.images",
-                format!(
-                    "expected the ground truth of {batch} images, got {}",
-                    assign.images.len()
-                ),
-            ));
-        }
-        let mut per_image = Vec::with_capacity(batch);
-        let mut labels = Vec::new();
-        for (i, t) in assign.images.iter().enumerate() {
-            if t.boxes.len() != t.labels.len() {
-                return Err(Error::invalid(
-                    "assignment.images",
-                    format!(
-                        "image {i} has {} boxes and {} labels",
-                        t.boxes.len(),
-                        t.labels.len()
-                    ),
-                ));
-            }
-            for (b, &c) in t.boxes.iter().zip(&t.labels) {
-                if b.iter().any(|v| !v.is_finite()) || b[2] < b[0] || b[3] < b[1] {
-                    return Err(Error::invalid(
-                        "assignment.images",
-                        format!(
-                            "image {i} has a box that is not finite with x1 ≤ x2, y1 ≤ y2: {b:?}"
-                        ),
-                    ));
-                }
-                if c >= self.num_classes {
-                    return Err(Error::invalid(
-                        "assignment.images",
-                        format!(
-                            "image {i} has label {c}, out of range for {} classes",
-                            self.num_classes
-                        ),
-                    ));
-                }
-            }
-            per_image.push(t.boxes.clone());
-            labels.extend(t.labels.iter().copied());
-        }
+        check_images(
+            &assign.images,
+            batch,
+            Some(self.num_classes),
+            "assignment.images",
+        )?;
+        let per_image: Vec<Vec<Box4>> = assign.images.iter().map(|t| t.boxes.clone()).collect();
+        let labels = assign
+            .images
+            .iter()
+            .flat_map(|t| t.labels.iter().copied())
+            .collect();
         let levels = per_image
             .iter()
             .flatten()

@@ -13,6 +13,21 @@ fn vals(t: &Tensor) -> Vec<f64> {
     t.to_vec::<f64>().unwrap()
 }
 
+/// `values` recorded on `tape`, as leaves or as constants.
+fn on_tape(tape: &Tape, values: &[Tensor], leaves: bool) -> Vec<Var> {
+    values
+        .iter()
+        .map(|x| {
+            let x = x.try_clone().unwrap();
+            if leaves {
+                tape.leaf(x)
+            } else {
+                tape.constant(x)
+            }
+        })
+        .collect()
+}
+
 fn shape(fpn: usize, classes: usize) -> DetectorShape {
     DetectorShape {
         stage_channels: vec![4, 8],
@@ -197,16 +212,8 @@ fn check_whole_loss(cfg: GkdConfig) {
     let c = ctx(&p.assign, 1);
     let fixed = {
         let tape = Tape::new();
-        let s: Vec<Var> = p
-            .student
-            .iter()
-            .map(|x| tape.constant(x.try_clone().unwrap()))
-            .collect();
-        let tt: Vec<Var> = p
-            .teacher
-            .iter()
-            .map(|x| tape.constant(x.try_clone().unwrap()))
-            .collect();
+        let s: Vec<Var> = on_tape(&tape, &p.student, false);
+        let tt: Vec<Var> = on_tape(&tape, &p.teacher, false);
         let b = store.bind(&tape);
         let adapters = d.adapter_vars(&b);
         let (_, r) = d
@@ -278,16 +285,8 @@ fn terms_follow_the_formulas() {
     let (store, d) = distiller(test_cfg(), true);
     let c = ctx(&p.assign, 1);
     let tape = Tape::new();
-    let s: Vec<Var> = p
-        .student
-        .iter()
-        .map(|x| tape.constant(x.try_clone().unwrap()))
-        .collect();
-    let tt: Vec<Var> = p
-        .teacher
-        .iter()
-        .map(|x| tape.constant(x.try_clone().unwrap()))
-        .collect();
+    let s: Vec<Var> = on_tape(&tape, &p.student, false);
+    let tt: Vec<Var> = on_tape(&tape, &p.teacher, false);
     let b = store.bind(&tape);
     let adapters = d.adapter_vars(&b);
     let (so, to) = (outputs(&s, &p.strides), outputs(&tt, &p.strides));
@@ -472,16 +471,8 @@ fn without_prototypes_every_weight_is_one_and_the_engine_path_matches_compute() 
     let (store, d) = distiller(test_cfg(), false);
     let c = ctx(&p.assign, 0);
     let tape = Tape::new();
-    let s: Vec<Var> = p
-        .student
-        .iter()
-        .map(|x| tape.leaf(x.try_clone().unwrap()))
-        .collect();
-    let tt: Vec<Var> = p
-        .teacher
-        .iter()
-        .map(|x| tape.constant(x.try_clone().unwrap()))
-        .collect();
+    let s: Vec<Var> = on_tape(&tape, &p.student, true);
+    let tt: Vec<Var> = on_tape(&tape, &p.teacher, false);
     let b = store.bind(&tape);
     let mut updates = BufferUpdates::default();
     let terms = d
