@@ -47,6 +47,11 @@
 //!   prototypes, `a·w·(1/N)Σ_b r_b KL(q^t_b ‖ q^s_b)`, `q_b = softmax_k(−‖x̂_b − p̂_k‖²/τ)`
 //!   ([`crate::autograd::Tape::soft_assignment`]).
 //!
+//! Prototypes are rebuilt before every epoch from the current student ([`pgm`] says how an engine
+//! calls it). The official code also builds them before the first epoch, from its COCO-trained student
+//! checkpoint; a student trained from scratch has no meaningful features then, so an engine may start
+//! without prototypes, which makes every weight 1 for that epoch.
+//!
 //! GT boxes are those of [`DenseAssignment::images`]. The official two-stage code imitates at its
 //! positive proposals (`proposal_replace_gt`); a one-stage detector has none, so the GT boxes take their
 //! place. Robust weights are computed for every box at every level (as the official code does).
@@ -497,7 +502,14 @@ impl GkdDistiller {
         let (so, to) = (side(student)?, side(teacher)?);
         let batch = self.check_levels(&tape, &so, &to)?;
         let boxes = self.batch_boxes(ctx.assignment, batch)?;
-        Ok(self.robust_weights(&tape, &so, &to, &boxes)?.per_level)
+        let features = if self.prototypes.is_some() && !boxes.labels.is_empty() {
+            Some(self.box_features(&tape, &so, &to, &boxes, false)?)
+        } else {
+            None
+        };
+        Ok(self
+            .weights_or_ones(&tape, features.as_deref(), &boxes)?
+            .per_level)
     }
 
     fn adapter_vars(&self, b: &Bound) -> Vec<(Var, Var)> {
@@ -609,24 +621,42 @@ impl GkdDistiller {
         Ok(batch.unwrap_or(0))
     }
 
-    /// The robustness weights of every box at every level (all 1 without prototypes or when switched off).
-    fn robust_weights(
+    /// Per level, the boxes' pooled features on the tape: the student's (differentiable with `with_grad`,
+    /// for the global loss; detached otherwise) and the teacher's (constants).
+    fn box_features(
         &self,
         tape: &Tape,
         student: &DetectorOutputs,
         teacher: &DetectorOutputs,
         boxes: &BatchBoxes,
+        with_grad: bool,
+    ) -> Result<Vec<(Var, Var)>> {
+        (0..self.adapters.len())
+            .map(|l| {
+                let stride = student.fpn_strides[l];
+                let s = if with_grad {
+                    student.fpn[l]
+                } else {
+                    tape.detach(student.fpn[l])?
+                };
+                Ok((
+                    tape_box_gap_features(tape, s, stride, &boxes.per_image)?,
+                    tape_box_gap_features(tape, teacher.fpn[l], stride, &boxes.per_image)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The robustness weights of every box at every level from its pooled `features` (1 at a level
+    /// without prototypes).
+    fn robust_weights(
+        &self,
+        tape: &Tape,
+        protos: &GkdPrototypes,
+        features: &[(Var, Var)],
+        boxes: &BatchBoxes,
     ) -> Result<RobustWeights> {
         let n = boxes.labels.len();
-        let ones = || RobustWeights {
-            per_level: vec![vec![1.0; n]; self.adapters.len()],
-        };
-        let Some(protos) = self.prototypes.as_ref().filter(|_| self.cfg.robust_weights) else {
-            return Ok(ones());
-        };
-        if n == 0 {
-            return Ok(ones());
-        }
         let labels = Tensor::from_vec(
             boxes.labels.iter().map(|&c| c as i64).collect::<Vec<_>>(),
             &[n],
@@ -636,16 +666,13 @@ impl GkdDistiller {
             eps: self.cfg.eps,
         };
         let mut per_level = Vec::with_capacity(self.adapters.len());
-        for (l, p) in protos.levels.iter().enumerate() {
-            let stride = student.fpn_strides[l];
-            let s = tape.value(student.fpn[l])?;
-            let fs = box_gap_features(&s, stride, &boxes.per_image)?;
-            let ft = box_gap_features(&*tape.value(teacher.fpn[l])?, stride, &boxes.per_image)?;
+        for (p, &(fs, ft)) in protos.levels.iter().zip(features) {
             if p.labels.shape()[0] == 0 {
                 per_level.push(vec![1.0; n]);
                 continue;
             }
-            let (ps, pt) = pgm::level_on(p, s.dtype(), &s.device())?;
+            let (fs, ft) = (tape.value(fs)?, tape.value(ft)?);
+            let (ps, pt) = pgm::level_on(p, fs.dtype(), &fs.device())?;
             let r = gkd_robust_weights(
                 &RobustWeightInputs {
                     student: &fs,
@@ -660,6 +687,24 @@ impl GkdDistiller {
             per_level.push(r.to_vec::<f64>()?);
         }
         Ok(RobustWeights { per_level })
+    }
+
+    /// The weights of every box: from the prototypes when there are any (and the weights are on), else
+    /// 1. `features` must be given in the first case.
+    fn weights_or_ones(
+        &self,
+        tape: &Tape,
+        features: Option<&[(Var, Var)]>,
+        boxes: &BatchBoxes,
+    ) -> Result<RobustWeights> {
+        match (self.prototypes.as_ref(), features) {
+            (Some(protos), Some(f)) if self.cfg.robust_weights => {
+                self.robust_weights(tape, protos, f, boxes)
+            }
+            _ => Ok(RobustWeights {
+                per_level: vec![vec![1.0; boxes.labels.len()]; self.adapters.len()],
+            }),
+        }
     }
 
     /// GKD's terms; `fixed` replaces the robustness weights (gradient checks hold them constant).
@@ -686,6 +731,14 @@ impl GkdDistiller {
         let batch = self.check_levels(tape, student, teacher)?;
         let boxes = self.batch_boxes(ctx.assignment, batch)?;
         let n = boxes.labels.len();
+        // The pooled box features, once: for the weights and for the global loss.
+        let global = self.cfg.global != GlobalKnowledge::Off;
+        let needs_weights = fixed.is_none() && self.cfg.robust_weights;
+        let features = if n > 0 && self.prototypes.is_some() && (needs_weights || global) {
+            Some(self.box_features(tape, student, teacher, &boxes, global)?)
+        } else {
+            None
+        };
         let robust = match fixed {
             Some(r) => {
                 if r.per_level.len() != self.adapters.len()
@@ -698,7 +751,7 @@ impl GkdDistiller {
                 }
                 r.clone()
             }
-            None => self.robust_weights(tape, student, teacher, &boxes)?,
+            None => self.weights_or_ones(tape, features.as_deref(), &boxes)?,
         };
         let attenuation = if self.cfg.attenuation {
             if ctx.num_epochs == 0 || ctx.epoch >= ctx.num_epochs {
@@ -738,8 +791,8 @@ impl GkdDistiller {
                 )?,
             },
         ];
-        if self.cfg.global != GlobalKnowledge::Off {
-            let g = self.global_term(tape, student, teacher, &boxes, &robust)?;
+        if global {
+            let g = self.global_term(tape, student, features.as_deref(), &boxes, &robust)?;
             terms.push(LossTerm {
                 name: "loss_kd_pair",
                 value: tape.scale(g, self.cfg.global_weight * attenuation)?,
@@ -934,12 +987,13 @@ impl GkdDistiller {
         tape.kd_kl_div(s_pos, t_pos, Some(w), None, &cfg)
     }
 
-    /// `Σ_l L_g,l` (unweighted, unattenuated): 0 without prototypes or boxes.
+    /// `Σ_l L_g,l` (unweighted, unattenuated) from the boxes' pooled `features` (the student's
+    /// differentiable): 0 without prototypes or boxes (no features).
     fn global_term(
         &self,
         tape: &Tape,
         student: &DetectorOutputs,
-        teacher: &DetectorOutputs,
+        features: Option<&[(Var, Var)]>,
         boxes: &BatchBoxes,
         robust: &RobustWeights,
     ) -> Result<Var> {
@@ -948,33 +1002,26 @@ impl GkdDistiller {
             let s = tape.sum_all(student.fpn[0])?;
             tape.scale(s, 0.0)
         };
-        let Some(protos) = &self.prototypes else {
+        let (Some(protos), Some(features)) = (&self.prototypes, features) else {
             return zero();
         };
-        if n == 0 {
-            return zero();
-        }
         let cos_cfg = CosineConfig { eps: self.cfg.eps };
         let mut total: Option<Var> = None;
-        for (l, p) in protos.levels.iter().enumerate() {
-            let k = p.labels.shape()[0];
-            if k == 0 {
+        for (l, (p, &(fs, ft))) in protos.levels.iter().zip(features).enumerate() {
+            if p.labels.shape()[0] == 0 {
                 continue;
             }
-            let stride = student.fpn_strides[l];
-            let t_value = tape.value(teacher.fpn[l])?;
-            let fs = tape_box_gap_features(tape, student.fpn[l], stride, &boxes.per_image)?;
-            let ft = tape.constant(box_gap_features(&t_value, stride, &boxes.per_image)?);
-            let (ps, pt) = pgm::level_on(p, t_value.dtype(), &t_value.device())?;
+            let like = tape.value(ft)?;
+            let (ps, pt) = pgm::level_on(p, like.dtype(), &like.device())?;
             let (ps, pt) = (tape.constant(ps), tape.constant(pt));
-            let r = constant_like(tape, robust.per_level[l].clone(), &[n, 1], &t_value)?;
+            let r = constant_like(tape, robust.per_level[l].clone(), &[n, 1], &like)?;
             let level_loss = match self.cfg.global {
                 GlobalKnowledge::Off => unreachable!("global_term runs only when enabled"),
                 GlobalKnowledge::Cosine => {
                     let cs = tape.cosine_cross(fs, ps, &cos_cfg)?;
                     let ct = tape.cosine_cross(ft, pt, &cos_cfg)?;
                     let d = tape.mul(tape.sub(cs, ct)?, r)?;
-                    tape.mean_all(smooth_l1(tape, d, &t_value)?)?
+                    tape.mean_all(smooth_l1(tape, d, &like)?)?
                 }
                 GlobalKnowledge::SoftAssignment { temperature } => {
                     let xs = tape.normalize_rows(fs, &cos_cfg)?;
