@@ -341,7 +341,7 @@ impl HgdDistiller {
         Ok(out)
     }
 
-    /// The micro weights `ω` `[B, 1, H, W]` of one teacher map (constant), or `None` when switched off.
+    /// The micro weights `ω` `[B, 1, H, W]` of one teacher map (a constant: teacher and boxes only).
     fn micro_weights(
         &self,
         teacher: &Tensor,
