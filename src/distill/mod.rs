@@ -15,6 +15,8 @@
 pub mod drkd;
 pub mod dsig;
 pub mod gfl;
+pub mod gkd;
+pub mod hgd;
 pub mod ld;
 
 use crate::autograd::Var;

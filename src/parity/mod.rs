@@ -13,7 +13,9 @@ mod drkd;
 mod dsig;
 mod elementwise;
 mod focal;
+mod gkd;
 mod graph_conv;
+mod hgd;
 mod ld;
 mod norm;
 mod optim;
@@ -113,6 +115,14 @@ const FAMILIES: &[Family] = &[
     Family {
         ops: drkd::OPS,
         run: drkd::run,
+    },
+    Family {
+        ops: gkd::OPS,
+        run: gkd::run,
+    },
+    Family {
+        ops: hgd::OPS,
+        run: hgd::run,
     },
 ];
 
