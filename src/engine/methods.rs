@@ -110,11 +110,31 @@ fn build_one(
     teacher: &DetectorShape,
     seed: u64,
 ) -> Result<Box<dyn Distiller>> {
-    use crate::distill::{drkd, dsig, ld};
+    use crate::distill::{drkd, dsig, gkd, hgd, ld};
     let levels = TinyGflConfig::FPN_STRIDES.len();
     Ok(match name {
         "ld" => Box::new(ld::LdDistiller::new(Default::default())?),
         "dsig" => Box::new(dsig::DsigDistiller::new(
+            store,
+            student,
+            teacher,
+            levels,
+            Default::default(),
+            seed,
+        )?),
+        "gkd" => Box::new(GkdWithPrototypes {
+            inner: gkd::GkdDistiller::new(
+                store,
+                student,
+                teacher,
+                levels,
+                Default::default(),
+                seed,
+            )?,
+            num_classes: student.num_classes,
+            images_per_rebuild: GKD_PROTOTYPE_IMAGES,
+        }),
+        "hgd" => Box::new(hgd::HgdDistiller::new(
             store,
             student,
             teacher,
@@ -137,4 +157,58 @@ fn build_one(
             ))
         }
     })
+}
+
+/// Training images the GKD prototypes are rebuilt from before each epoch. The official code samples up to
+/// 800 images per class of COCO; the synthetic set's images are i.i.d., so its first images are a random
+/// sample, and 400 of them hold ≈ 200 boxes per class — enough for 10 prototypes per class and level at a
+/// few seconds per epoch on a CPU.
+pub const GKD_PROTOTYPE_IMAGES: usize = 400;
+
+/// GKD with its prototype generation wired to the engine: before every epoch but the first (the official
+/// code builds prototypes from the current student checkpoint; before any training there is nothing to
+/// build from, and the robust weights are 1), frozen student and teacher forwards over
+/// [`GKD_PROTOTYPE_IMAGES`] training images feed the PGM.
+struct GkdWithPrototypes {
+    inner: crate::distill::gkd::GkdDistiller,
+    num_classes: usize,
+    images_per_rebuild: usize,
+}
+
+impl Distiller for GkdWithPrototypes {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn loss(
+        &self,
+        b: &Bound,
+        store: &ParamStore,
+        student: &DetectorOutputs,
+        teacher: &DetectorOutputs,
+        ctx: &StepContext<'_>,
+        updates: &mut BufferUpdates,
+    ) -> Result<Vec<LossTerm>> {
+        self.inner.loss(b, store, student, teacher, ctx, updates)
+    }
+
+    fn epoch_start(&mut self, epoch: usize, features: &mut dyn FeatureSource) -> Result<()> {
+        use crate::distill::gkd::{GkdPrototypeCollector, PgmConfig};
+        if epoch == 0 {
+            return Ok(());
+        }
+        let mut collector: Option<GkdPrototypeCollector> = None;
+        features.for_each_batch(self.images_per_rebuild, &mut |batch| {
+            let c = collector
+                .get_or_insert_with(|| GkdPrototypeCollector::new(batch.student_fpn.len()));
+            let s: Vec<&crate::Tensor> = batch.student_fpn.iter().collect();
+            let t: Vec<&crate::Tensor> = batch.teacher_fpn.iter().collect();
+            c.add(&s, &t, &batch.fpn_strides, &batch.targets)
+        })?;
+        if let Some(c) = collector {
+            let prototypes = c.build(self.num_classes, &PgmConfig::default())?;
+            self.inner.set_prototypes(prototypes)?;
+        }
+        Ok(())
+    }
 }
