@@ -32,7 +32,7 @@ fn runs() -> Vec<(String, Vec<String>)> {
     for m in super::methods::METHODS {
         r.push((format!("+{m}"), vec![m.to_string()]));
     }
-    r.push(("+ld+hgd".into(), vec!["ld".into(), "hgd".into()]));
+    r.push(("+ld+gkd".into(), vec!["ld".into(), "gkd".into()]));
     r
 }
 
@@ -45,7 +45,7 @@ impl DemoConfig {
             train_size: 1000,
             val_size: 250,
             teacher: TrainSettings {
-                epochs: 8,
+                epochs: 7,
                 seed,
                 ..TrainSettings::default()
             },
@@ -63,15 +63,15 @@ impl DemoConfig {
         DemoConfig {
             out_dir,
             seed,
-            train_size: 96,
-            val_size: 32,
+            train_size: 240,
+            val_size: 80,
             teacher: TrainSettings {
-                epochs: 2,
+                epochs: 4,
                 seed,
                 ..TrainSettings::default()
             },
             student: TrainSettings {
-                epochs: 1,
+                epochs: 2,
                 seed,
                 ..TrainSettings::default()
             },
@@ -151,7 +151,7 @@ pub fn run_demo(cfg: &DemoConfig, device: &Device) -> Result<Vec<DemoRun>> {
                 device,
                 None,
                 Some(student),
-                Some(&out.join(format!("student{}.safetensors", name.replace('+', "_")))),
+                Some(&out.join(checkpoint_file(name))),
                 &mut metrics,
             )?
             .1
@@ -167,7 +167,7 @@ pub fn run_demo(cfg: &DemoConfig, device: &Device) -> Result<Vec<DemoRun>> {
                 device,
                 Some(&mut distill),
                 Some(student),
-                Some(&out.join(format!("student{}.safetensors", name.replace('+', "_")))),
+                Some(&out.join(checkpoint_file(name))),
                 &mut metrics,
             )?
             .1
@@ -191,6 +191,14 @@ pub fn run_demo(cfg: &DemoConfig, device: &Device) -> Result<Vec<DemoRun>> {
         out.display()
     );
     Ok(results)
+}
+
+/// `student.safetensors` for the plain student, `student_ld_gkd.safetensors` for `+ld+gkd`.
+fn checkpoint_file(run: &str) -> String {
+    match run.strip_prefix('+') {
+        Some(methods) => format!("student_{}.safetensors", methods.replace('+', "_")),
+        None => format!("{run}.safetensors"),
+    }
 }
 
 fn row(r: &DemoRun) -> String {

@@ -251,6 +251,15 @@ impl MetricsLog {
     }
 }
 
+/// The GFL terms of a step (`loss_qfl + loss_bbox + loss_dfl`).
+pub fn detection_loss(r: &StepRecord) -> f64 {
+    r.terms
+        .iter()
+        .filter(|(n, _)| matches!(n.as_str(), "loss_qfl" | "loss_bbox" | "loss_dfl"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// The JSON line of one step.
 pub fn step_json(run: &str, r: &StepRecord) -> serde_json::Value {
     let mut obj = serde_json::json!({
@@ -395,7 +404,8 @@ pub fn job_settings(
 pub struct TrainOutcome {
     pub stats: CocoStats,
     pub summary: super::train::TrainSummary,
-    /// Per step: (iteration, total loss).
+    /// Per step: (iteration, detection loss = QFL + GIoU + DFL), comparable across methods whose own terms
+    /// differ in scale.
     pub losses: Vec<(usize, f64)>,
 }
 
@@ -434,7 +444,7 @@ pub fn run_training(
                 "loss {:.4}  {:.1} img/s",
                 r.loss, r.images_per_second
             ));
-            losses.push((r.iter, r.loss));
+            losses.push((r.iter, detection_loss(r)));
             metrics.write(&step_json(label, r))
         },
     )?;

@@ -10,7 +10,7 @@ use std::path::Path;
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunCurve {
     pub name: String,
-    /// `(iteration, total loss)`.
+    /// `(iteration, loss)`.
     pub losses: Vec<(usize, f64)>,
     /// AP@[.5:.95] (0–1) and AP50, for the bars.
     pub ap: f64,
@@ -163,7 +163,7 @@ pub fn write_png(path: &Path, title: &str, runs: &[RunCurve]) -> Result<()> {
         &mut buf,
         loss_x0 as i64,
         (top - 22) as i64,
-        "training loss (moving average)",
+        "detection loss QFL+GIoU+DFL (moving avg)",
         2,
         black,
     );
