@@ -689,65 +689,14 @@ impl DrkdDistiller {
     }
 
     fn check(&self, tape: &Tape, x: &DrkdInputs<'_>) -> Result<usize> {
-        let l = self.levels;
-        for (what, n) in [
-            ("student_fpn", x.student_fpn.len()),
-            ("teacher_fpn", x.teacher_fpn.len()),
-            ("strides", x.strides.len()),
-        ] {
-            if n != l {
-                return Err(Error::invalid(
-                    what,
-                    format!("expected {l} FPN levels (the method was built for {l}), got {n}"),
-                ));
-            }
-        }
-        if let Some(s) = x.strides.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(Error::invalid(
-                "strides",
-                format!("must be finite and > 0, got {s}"),
-            ));
-        }
-        let mut batch = None;
-        for level in 0..l {
-            let s = tape.shape(x.student_fpn[level])?;
-            let t = tape.shape(x.teacher_fpn[level])?;
-            let [b, cs, h, w] = s[..] else {
-                return Err(Error::shape(
-                    format!("student_fpn[{level}]"),
-                    "[B, C, H, W]",
-                    &s,
-                ));
-            };
-            if cs != self.student_width || h == 0 || w == 0 {
-                return Err(Error::shape(
-                    format!("student_fpn[{level}]"),
-                    format!(
-                        "[B, {}, H ≥ 1, W ≥ 1] (the student FPN width)",
-                        self.student_width
-                    ),
-                    &s,
-                ));
-            }
-            if t != [b, self.teacher_width, h, w] {
-                return Err(Error::shape(
-                    format!("teacher_fpn[{level}]"),
-                    format!(
-                        "[{b}, {}, {h}, {w}] (the student's batch and map size, the teacher width)",
-                        self.teacher_width
-                    ),
-                    &t,
-                ));
-            }
-            if *batch.get_or_insert(b) != b {
-                return Err(Error::shape(
-                    format!("student_fpn[{level}]"),
-                    format!("batch {} like level 0", batch.unwrap_or(0)),
-                    &s,
-                ));
-            }
-        }
-        let batch = batch.unwrap_or(0);
+        let batch = super::check_fpn_pair(
+            tape,
+            x.student_fpn,
+            x.teacher_fpn,
+            x.strides,
+            self.levels,
+            (self.student_width, self.teacher_width),
+        )?;
         if x.boxes.len() != batch {
             return Err(Error::invalid(
                 "boxes",
@@ -759,12 +708,7 @@ impl DrkdDistiller {
         }
         for (i, list) in x.boxes.iter().enumerate() {
             for bx in list {
-                if !bx.iter().all(|v| v.is_finite()) || bx[2] < bx[0] || bx[3] < bx[1] {
-                    return Err(Error::invalid(
-                        format!("boxes[{i}]"),
-                        format!("expected a finite box with x1 ≤ x2 and y1 ≤ y2, got {bx:?}"),
-                    ));
-                }
+                super::check_box(bx, &format!("boxes[{i}]"))?;
             }
         }
         Ok(batch)

@@ -485,16 +485,6 @@ pub fn sample_background_boxes(
     out
 }
 
-fn check_box(b: &Box4, what: &str) -> Result<()> {
-    if !b.iter().all(|v| v.is_finite()) || b[2] < b[0] || b[3] < b[1] {
-        return Err(Error::invalid(
-            what,
-            format!("expected a finite box with x1 ≤ x2 and y1 ≤ y2, got {b:?}"),
-        ));
-    }
-    Ok(())
-}
-
 impl DsigDistiller {
     /// Builds the method for a student and a teacher with `fpn_levels` FPN levels each, registering the
     /// adapters (when the FPN widths differ, or [`DsigConfig::always_adapt`]) in `store` under
@@ -651,62 +641,14 @@ impl DsigDistiller {
 
     /// Validates the inputs against each other and the method; returns `(batch, [(H_l, W_l)])`.
     fn check(&self, tape: &Tape, x: &DsigInputs<'_>) -> Result<usize> {
-        let l = self.levels;
-        for (what, n) in [
-            ("student_fpn", x.student_fpn.len()),
-            ("teacher_fpn", x.teacher_fpn.len()),
-            ("strides", x.strides.len()),
-        ] {
-            if n != l {
-                return Err(Error::invalid(
-                    what,
-                    format!("expected {l} FPN levels (the method was built for {l}), got {n}"),
-                ));
-            }
-        }
-        if let Some(s) = x.strides.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(Error::invalid(
-                "strides",
-                format!("must be finite and > 0, got {s}"),
-            ));
-        }
-        let mut batch = None;
-        for level in 0..l {
-            let s = tape.shape(x.student_fpn[level])?;
-            let t = tape.shape(x.teacher_fpn[level])?;
-            let [b, cs, h, w] = s[..] else {
-                return Err(Error::shape(
-                    format!("student_fpn[{level}]"),
-                    "[B, C, H, W]",
-                    &s,
-                ));
-            };
-            if cs != self.student_width {
-                return Err(Error::shape(
-                    format!("student_fpn[{level}]"),
-                    format!("[B, {}, H, W] (the student FPN width)", self.student_width),
-                    &s,
-                ));
-            }
-            if t != [b, self.teacher_width, h, w] {
-                return Err(Error::shape(
-                    format!("teacher_fpn[{level}]"),
-                    format!(
-                        "[{b}, {}, {h}, {w}] (the student's batch and map size, the teacher width)",
-                        self.teacher_width
-                    ),
-                    &t,
-                ));
-            }
-            if *batch.get_or_insert(b) != b {
-                return Err(Error::shape(
-                    format!("student_fpn[{level}]"),
-                    format!("batch {} like level 0", batch.unwrap_or(0)),
-                    &s,
-                ));
-            }
-        }
-        let batch = batch.unwrap_or(0);
+        let batch = super::check_fpn_pair(
+            tape,
+            x.student_fpn,
+            x.teacher_fpn,
+            x.strides,
+            self.levels,
+            (self.student_width, self.teacher_width),
+        )?;
         if x.nodes.len() != batch {
             return Err(Error::invalid(
                 "nodes",
@@ -718,10 +660,10 @@ impl DsigDistiller {
         }
         for (b, n) in x.nodes.iter().enumerate() {
             for bx in &n.foreground {
-                check_box(bx, &format!("nodes[{b}].foreground"))?;
+                super::check_box(bx, &format!("nodes[{b}].foreground"))?;
             }
             for bx in &n.background {
-                check_box(bx, &format!("nodes[{b}].background"))?;
+                super::check_box(bx, &format!("nodes[{b}].background"))?;
             }
         }
         Ok(batch)

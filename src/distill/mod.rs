@@ -241,3 +241,86 @@ fn ops_scalar(tape: &crate::autograd::Tape, v: Var) -> crate::error::Result<f64>
     }
     Ok(t.to_vec::<f64>()?[0])
 }
+
+/// Validates a student/teacher pair of FPN level lists on `tape` for a method built for `levels` levels of
+/// `student_width` / `teacher_width` channels: matching counts (with `strides`, finite and > 0), student maps
+/// `[B, C_s, H, W]` with `H, W ≥ 1`, teacher maps `[B, C_t, H, W]` of the same batch and size, one batch size
+/// across levels. Returns the batch size.
+pub(crate) fn check_fpn_pair(
+    tape: &crate::autograd::Tape,
+    student: &[Var],
+    teacher: &[Var],
+    strides: &[f64],
+    levels: usize,
+    (student_width, teacher_width): (usize, usize),
+) -> crate::error::Result<usize> {
+    use crate::error::Error;
+    for (what, n) in [
+        ("student_fpn", student.len()),
+        ("teacher_fpn", teacher.len()),
+        ("strides", strides.len()),
+    ] {
+        if n != levels {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "expected {levels} FPN levels (the method was built for {levels}), got {n}"
+                ),
+            ));
+        }
+    }
+    if let Some(s) = strides.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        return Err(Error::invalid(
+            "strides",
+            format!("must be finite and > 0, got {s}"),
+        ));
+    }
+    let mut batch = None;
+    for level in 0..levels {
+        let s = tape.shape(student[level])?;
+        let t = tape.shape(teacher[level])?;
+        let [b, cs, h, w] = s[..] else {
+            return Err(Error::shape(
+                format!("student_fpn[{level}]"),
+                "[B, C, H, W]",
+                &s,
+            ));
+        };
+        if cs != student_width || h == 0 || w == 0 {
+            return Err(Error::shape(
+                format!("student_fpn[{level}]"),
+                format!("[B, {student_width}, H ≥ 1, W ≥ 1] (the student FPN width)"),
+                &s,
+            ));
+        }
+        if t != [b, teacher_width, h, w] {
+            return Err(Error::shape(
+                format!("teacher_fpn[{level}]"),
+                format!(
+                    "[{b}, {teacher_width}, {h}, {w}] (the student's batch and map size, the teacher width)"
+                ),
+                &t,
+            ));
+        }
+        if *batch.get_or_insert(b) != b {
+            return Err(Error::shape(
+                format!("student_fpn[{level}]"),
+                format!("batch {} like level 0", batch.unwrap_or(0)),
+                &s,
+            ));
+        }
+    }
+    Ok(batch.unwrap_or(0))
+}
+
+/// A ground-truth box must be finite with `x1 ≤ x2` and `y1 ≤ y2`; `arg` names it in the error.
+pub(crate) fn check_box(bx: &Box4, arg: &str) -> crate::error::Result<()> {
+    if bx.iter().all(|v| v.is_finite()) && bx[2] >= bx[0] && bx[3] >= bx[1] {
+        Ok(())
+    } else {
+        Err(crate::error::Error::invalid(
+            arg,
+            format!("expected a finite box with x1 ≤ x2 and y1 ≤ y2, got {bx:?}"),
+        ))
+    }
+}

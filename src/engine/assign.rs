@@ -29,8 +29,7 @@ pub struct AnchorLevel {
     pub stride: f64,
 }
 
-/// `[x1, y1, x2, y2]` in pixels.
-pub type Box4 = [f64; 4];
+pub use crate::distill::Box4;
 
 /// mmdet GFL's `octave_base_scale`: anchors are `8·stride` squares.
 pub const GFL_ANCHOR_SCALE: f64 = 8.0;
