@@ -42,10 +42,10 @@ impl DemoConfig {
         DemoConfig {
             out_dir,
             seed,
-            train_size: 1000,
+            train_size: 960,
             val_size: 250,
             teacher: TrainSettings {
-                epochs: 7,
+                epochs: 6,
                 seed,
                 ..TrainSettings::default()
             },

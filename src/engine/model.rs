@@ -84,6 +84,40 @@ impl TinyGflConfig {
     /// Strides of the FPN levels P3–P5.
     pub const FPN_STRIDES: [f64; 3] = [8.0, 16.0, 32.0];
 
+    /// Multiply-accumulates of one forward on an `h × w` input (convolutions only; norms, activations and
+    /// the upsampling are a few percent more). How the presets compare.
+    pub fn conv_macs(&self, h: usize, w: usize) -> u64 {
+        let conv = |cin: usize, cout: usize, k: usize, oh: usize, ow: usize| -> u64 {
+            (cin * cout * k * k * oh * ow) as u64
+        };
+        let (mut h, mut w) = (h.div_ceil(2), w.div_ceil(2));
+        let mut macs = conv(3, self.stem_channels, 3, h, w);
+        let mut c = self.stem_channels;
+        let mut sizes = Vec::new();
+        for (&out, &depth) in self.stage_channels.iter().zip(&self.stage_depths) {
+            (h, w) = (h.div_ceil(2), w.div_ceil(2));
+            macs += conv(c, out, 3, h, w) + 2 * depth as u64 * conv(out, out, 3, h, w);
+            c = out;
+            sizes.push((h, w));
+        }
+        let f = self.fpn_channels;
+        let last = if self.head_convs == 0 {
+            f
+        } else {
+            self.head_channels
+        };
+        for (&cin, &(h, w)) in self.stage_channels[1..].iter().zip(&sizes[1..]) {
+            macs += conv(cin, f, 1, h, w) + conv(f, f, 3, h, w);
+            for i in 0..self.head_convs {
+                let cin = if i == 0 { f } else { self.head_channels };
+                macs += 2 * conv(cin, self.head_channels, 3, h, w);
+            }
+            macs +=
+                conv(last, self.num_classes, 3, h, w) + conv(last, 4 * (self.reg_max + 1), 3, h, w);
+        }
+        macs
+    }
+
     fn validate(&self) -> Result<()> {
         let widths = [
             ("stem_channels", self.stem_channels),
@@ -442,12 +476,18 @@ mod tests {
             .to_string();
         assert!(e.contains("multiples of 32"), "{e}");
 
-        // The student preset has about a quarter of the teacher's parameters.
+        // The student preset has about a quarter of the teacher's parameters and multiply-adds.
         let (mut s, mut t) = (ParamStore::new(), ParamStore::new());
         TinyGfl::new(&mut s, &TinyGflConfig::student(8), 0).unwrap();
         TinyGfl::new(&mut t, &TinyGflConfig::teacher(8), 0).unwrap();
         let ratio = t.num_trainable_elements() as f64 / s.num_trainable_elements() as f64;
         assert!((3.0..5.0).contains(&ratio), "{ratio}");
+        let (sm, tm) = (
+            TinyGflConfig::student(8).conv_macs(128, 128),
+            TinyGflConfig::teacher(8).conv_macs(128, 128),
+        );
+        let ratio = tm as f64 / sm as f64;
+        assert!((3.5..6.0).contains(&ratio), "{ratio}: {tm} / {sm}");
     }
 
     #[test]
