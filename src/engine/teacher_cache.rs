@@ -61,7 +61,23 @@ impl TeacherCache {
         images: &Tensor,
         tape: &Tape,
     ) -> Result<DetectorOutputs> {
-        let (h, w) = (images.shape()[2], images.shape()[3]);
+        let [b, _, h, w] = images.shape()[..] else {
+            return Err(crate::Error::shape(
+                "images",
+                "[B, 3, H, W]",
+                images.shape(),
+            ));
+        };
+        if b != batch.metas.len() || b == 0 {
+            return Err(crate::Error::shape(
+                "images",
+                format!(
+                    "a batch of {} images (the batch's metas)",
+                    batch.metas.len()
+                ),
+                images.shape(),
+            ));
+        }
         let keys: Vec<Key> = batch
             .metas
             .iter()
