@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Packs what the GPU machines run into gpu-pack/ (gitignored): the release test binaries, the bench
 # binaries and the `detkd` CLI, all built with `--features cuda` (PTX embedded, so nothing else is
-# needed there), stripped, plus gpu-pack/run.sh. The GPU machines have the NVIDIA driver and
-# Python/PyTorch but no Rust and no network, and take at most 64 MiB, which is checked here.
+# needed there), stripped, plus gpu-pack/run.sh; then compresses it to gpu-pack.tar.xz. The GPU
+# machines have the NVIDIA driver and Python/PyTorch but no Rust and no network, and take at most
+# 64 MiB, which is checked here. Every binary embeds the same library and PTX, so the directory is
+# several hundred MiB but the archive (xz with a 64 MiB window sees the repeats) is a fraction of it.
 #
 # Usage: bash scripts/pack-gpu.sh
-# There:  bash gpu-pack/run.sh [--no-bench] [--sanitizer TOOL] [--timeout SECS] [-- TEST_ARGS...]
+# There:  tar xJf gpu-pack.tar.xz   (or: python3 -m tarfile -e gpu-pack.tar.xz)
+#         bash gpu-pack/run.sh [--no-bench] [--sanitizer TOOL] [--timeout SECS] [-- TEST_ARGS...]
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +22,7 @@ die() {
 }
 
 command -v python3 >/dev/null || die "python3 is needed to read cargo's JSON messages"
+command -v xz >/dev/null || die "xz is needed to compress the pack (Debian: apt-get install xz-utils)"
 cd "$repo"
 
 work="$(mktemp -d)"
@@ -387,6 +391,15 @@ chmod 755 "$pack/run.sh"
 
 size="$(du -sb "$pack" | cut -f1)"
 log "packed $(find "$pack/bin" -type f | wc -l) binaries into $pack: $((size / 1024)) KiB"
-((size < max_bytes)) || die "$pack is $((size / 1024 / 1024)) MiB, over the 64 MiB a device run can carry"
 sed -n '/^files:/,$p' "$pack/BUILD_INFO" >&2
-log "carry gpu-pack, then run: bash gpu-pack/run.sh   (add --no-bench, --sanitizer memcheck, ...)"
+
+archive="$repo/gpu-pack.tar.xz"
+log "compressing to $archive (xz -9, a minute or two)"
+rm -f "$archive"
+tar -C "$repo" -cf - gpu-pack | xz -9 -T0 >"$archive.tmp"
+mv "$archive.tmp" "$archive"
+archive_size="$(stat -c %s "$archive")"
+log "archive: $((archive_size / 1024)) KiB"
+((archive_size < max_bytes)) ||
+  die "$archive is $((archive_size / 1024 / 1024)) MiB, over the 64 MiB a device run can carry"
+log "carry gpu-pack.tar.xz, then run: tar xJf gpu-pack.tar.xz && bash gpu-pack/run.sh   (add --no-bench, --sanitizer memcheck, ...)"
