@@ -1,6 +1,7 @@
 //! Host-side input checks shared by every op. Each returns an [`Error`] naming the argument, what was
 //! expected and what was given; ops call them before touching data or launching anything.
 
+use super::loss::Reduction;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
 
@@ -124,4 +125,35 @@ mod tests {
         assert!(fits_i32(1 << 31, "n", "rows").is_err());
         assert!(fits_i32((1 << 31) - 1, "n", "rows").is_ok());
     }
+}
+
+/// The upstream gradient of a loss over `rows` rows: `[rows]` for reduction `none`, else a scalar (`[]` or
+/// `[1]`), with the loss's dtype and device.
+pub(crate) fn loss_grad_out(
+    grad_out: &Tensor,
+    reduction: Reduction,
+    rows: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<()> {
+    let ok = match reduction {
+        Reduction::None => grad_out.shape() == [rows],
+        _ => grad_out.shape().is_empty() || grad_out.shape() == [1],
+    };
+    if !ok {
+        let expected = match reduction {
+            Reduction::None => format!("[{rows}] (one per row, reduction `none`)"),
+            r => format!("[] or [1] (a scalar, reduction `{}`)", r.name()),
+        };
+        return Err(Error::shape("grad_out", expected, grad_out.shape()));
+    }
+    self::dtype(grad_out, "grad_out", dtype)?;
+    if grad_out.device() != *device {
+        return Err(Error::Device {
+            arg: "grad_out".into(),
+            expected: device.to_string(),
+            got: grad_out.device().to_string(),
+        });
+    }
+    Ok(())
 }

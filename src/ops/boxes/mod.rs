@@ -996,30 +996,6 @@ impl GiouPlan {
     }
 }
 
-/// The upstream gradient of a GIoU loss: `[N]` for `none`, else a scalar (`[]` or `[1]`).
-fn check_grad_out(plan: &GiouPlan, grad_out: &Tensor) -> Result<()> {
-    let ok = match plan.reduction {
-        Reduction::None => grad_out.shape() == [plan.rows],
-        _ => grad_out.shape().is_empty() || grad_out.shape() == [1],
-    };
-    if !ok {
-        let expected = match plan.reduction {
-            Reduction::None => format!("[{}] (one per row, reduction `none`)", plan.rows),
-            r => format!("[] or [1] (a scalar, reduction `{}`)", r.name()),
-        };
-        return Err(Error::shape("grad_out", expected, grad_out.shape()));
-    }
-    validate::dtype(grad_out, "grad_out", plan.dtype)?;
-    if grad_out.device() != plan.device {
-        return Err(Error::Device {
-            arg: "grad_out".into(),
-            expected: plan.device.to_string(),
-            got: grad_out.device().to_string(),
-        });
-    }
-    Ok(())
-}
-
 /// Host copies (borrowed where the storage already is `T`) of a GIoU call's inputs.
 fn with_giou_problem<T: Real + HostElement, R>(
     plan: &GiouPlan,
@@ -1087,7 +1063,13 @@ fn run_giou_backward(
     weight: Option<&Tensor>,
     grad: &mut Tensor,
 ) -> Result<()> {
-    check_grad_out(plan, grad_out)?;
+    validate::loss_grad_out(
+        grad_out,
+        plan.reduction,
+        plan.rows,
+        plan.dtype,
+        &plan.device,
+    )?;
     check_output(grad, "grad", &[plan.rows, 4], plan.dtype, &plan.device)?;
     if plan.rows == 0 {
         return Ok(());

@@ -748,30 +748,6 @@ fn check_output(
     Ok(())
 }
 
-/// The upstream gradient of a loss: `[R]` per row for `none`, else a scalar (`[]` or `[1]`).
-fn check_grad_out(plan: &LossPlan, grad_out: &Tensor) -> Result<()> {
-    let ok = match plan.reduction {
-        Reduction::None => grad_out.shape() == [plan.rows],
-        _ => grad_out.shape().is_empty() || grad_out.shape() == [1],
-    };
-    if !ok {
-        let expected = match plan.reduction {
-            Reduction::None => format!("[{}] (one per row, reduction `none`)", plan.rows),
-            r => format!("[] or [1] (a scalar, reduction `{}`)", r.name()),
-        };
-        return Err(Error::shape("grad_out", expected, grad_out.shape()));
-    }
-    validate::dtype(grad_out, "grad_out", plan.dtype)?;
-    if grad_out.device() != plan.device {
-        return Err(Error::Device {
-            arg: "grad_out".into(),
-            expected: plan.device.to_string(),
-            got: grad_out.device().to_string(),
-        });
-    }
-    Ok(())
-}
-
 /// A scalar on the plan's device holding `value` in the plan's dtype.
 fn scalar(value: f64, dtype: DType, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(vec![value], &[])?
@@ -883,7 +859,13 @@ fn run_backward(
     grad_out: &Tensor,
     grad: &mut Tensor,
 ) -> Result<()> {
-    check_grad_out(plan, grad_out)?;
+    validate::loss_grad_out(
+        grad_out,
+        plan.reduction,
+        plan.rows,
+        plan.dtype,
+        &plan.device,
+    )?;
     let (logits, _) = inputs.logits();
     check_output(grad, "grad", logits.shape(), plan.dtype, &plan.device)?;
     if plan.rows == 0 {
