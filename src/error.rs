@@ -74,6 +74,34 @@ impl Error {
             got: got.to_vec(),
         }
     }
+
+    /// The same error, about argument `to` where it named `from` (an op reusing another's checks under
+    /// its own argument names); any other error is returned unchanged.
+    pub(crate) fn for_argument(self, from: &str, to: &str) -> Self {
+        let rename = |arg: String| if arg == from { to.to_string() } else { arg };
+        match self {
+            Error::Shape { arg, expected, got } => Error::Shape {
+                arg: rename(arg),
+                expected,
+                got,
+            },
+            Error::DType { arg, expected, got } => Error::DType {
+                arg: rename(arg),
+                expected,
+                got,
+            },
+            Error::Device { arg, expected, got } => Error::Device {
+                arg: rename(arg),
+                expected,
+                got,
+            },
+            Error::InvalidArgument { arg, reason } => Error::InvalidArgument {
+                arg: rename(arg),
+                reason,
+            },
+            other => other,
+        }
+    }
 }
 
 #[cfg(feature = "cuda")]

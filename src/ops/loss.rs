@@ -1,7 +1,8 @@
 //! Vocabulary shared by the loss ops (focal family, distribution KL / DFL): how per-element losses are
 //! reduced, mmdet's `avg_factor` epsilon, and the result of a fused loss+gradient call.
 
-use crate::tensor::Tensor;
+use crate::error::Result;
+use crate::tensor::{DType, Device, Tensor};
 
 /// `torch.finfo(torch.float32).eps`, which mmdet's `weight_reduce_loss` adds to `avg_factor` before dividing.
 pub const AVG_FACTOR_EPS: f64 = f32::EPSILON as f64;
@@ -46,4 +47,14 @@ impl Reduction {
 pub struct LossAndGrad {
     pub loss: Tensor,
     pub grad: Tensor,
+}
+
+/// A shape-`[]` tensor holding `value` (rounded once to `dtype`) on `device`: a reduced loss.
+pub(crate) fn scalar(value: f64, dtype: DType, device: &Device) -> Result<Tensor> {
+    let t = Tensor::from_vec(vec![value], &[])?.into_dtype(dtype)?;
+    if device.is_cpu() {
+        Ok(t)
+    } else {
+        t.to_device(device)
+    }
 }

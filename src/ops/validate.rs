@@ -103,30 +103,6 @@ pub(crate) fn fits_i32(n: usize, arg: &str, what: &str) -> Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_name_argument_expectation_and_value() {
-        let t = Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
-        let i = Tensor::from_vec(vec![1i64, 2], &[2]).unwrap();
-        let e = rank(&t, "logits", 2, "[N, C]").unwrap_err().to_string();
-        assert_eq!(e, "`logits`: expected shape [N, C], got [2]");
-        let e = shape(&t, "x", &[3]).unwrap_err().to_string();
-        assert_eq!(e, "`x`: expected shape [3], got [2]");
-        let e = float(&i, "logits").unwrap_err().to_string();
-        assert!(e.contains("`logits`") && e.contains("got i64"), "{e}");
-        let e = same_dtype(&[("a", &t), ("b", &i)]).unwrap_err().to_string();
-        assert_eq!(e, "`b`: expected dtype f32, got i64");
-        assert!(same_device(&[("a", &t), ("b", &i)]).is_ok());
-        let e = finite(&[0.0, f64::NAN], "boxes").unwrap_err().to_string();
-        assert!(e.contains("element 1 is NaN"), "{e}");
-        assert!(fits_i32(1 << 31, "n", "rows").is_err());
-        assert!(fits_i32((1 << 31) - 1, "n", "rows").is_ok());
-    }
-}
-
 /// The upstream gradient of a loss over `rows` rows: `[rows]` for reduction `none`, else a scalar (`[]` or
 /// `[1]`), with the loss's dtype and device.
 pub(crate) fn loss_grad_out(
@@ -156,4 +132,55 @@ pub(crate) fn loss_grad_out(
         });
     }
     Ok(())
+}
+
+/// An output buffer (caller-provided or freshly made) must have `shape`, `dtype` and `device`.
+pub(crate) fn output(
+    t: &Tensor,
+    arg: &str,
+    shape: &[usize],
+    dtype: DType,
+    device: &Device,
+) -> Result<()> {
+    self::shape(t, arg, shape)?;
+    if t.dtype() != dtype || t.device() != *device {
+        return Err(Error::invalid(
+            arg,
+            format!(
+                "expected {dtype} on {device}, got {} on {}",
+                t.dtype(),
+                t.device()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An output buffer `out` must have `shape`, and `like`'s dtype and device.
+pub(crate) fn output_like(out: &Tensor, like: &Tensor, shape: &[usize]) -> Result<()> {
+    output(out, "out", shape, like.dtype(), &like.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_argument_expectation_and_value() {
+        let t = Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
+        let i = Tensor::from_vec(vec![1i64, 2], &[2]).unwrap();
+        let e = rank(&t, "logits", 2, "[N, C]").unwrap_err().to_string();
+        assert_eq!(e, "`logits`: expected shape [N, C], got [2]");
+        let e = shape(&t, "x", &[3]).unwrap_err().to_string();
+        assert_eq!(e, "`x`: expected shape [3], got [2]");
+        let e = float(&i, "logits").unwrap_err().to_string();
+        assert!(e.contains("`logits`") && e.contains("got i64"), "{e}");
+        let e = same_dtype(&[("a", &t), ("b", &i)]).unwrap_err().to_string();
+        assert_eq!(e, "`b`: expected dtype f32, got i64");
+        assert!(same_device(&[("a", &t), ("b", &i)]).is_ok());
+        let e = finite(&[0.0, f64::NAN], "boxes").unwrap_err().to_string();
+        assert!(e.contains("element 1 is NaN"), "{e}");
+        assert!(fits_i32(1 << 31, "n", "rows").is_err());
+        assert!(fits_i32((1 << 31) - 1, "n", "rows").is_ok());
+    }
 }

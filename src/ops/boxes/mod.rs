@@ -89,6 +89,7 @@ mod cpu;
 mod cuda;
 
 pub use super::dist_kl::LossWeighting;
+use super::loss::scalar;
 pub use super::loss::{LossAndGrad, Reduction, AVG_FACTOR_EPS};
 use super::validate;
 use crate::error::{Error, Result};
@@ -561,35 +562,6 @@ fn positive_param(name: &str, v: f64) -> Result<()> {
     }
 }
 
-/// A caller-provided or freshly made output must have this shape, dtype and device.
-fn check_output(
-    t: &Tensor,
-    arg: &str,
-    shape: &[usize],
-    dtype: DType,
-    device: &Device,
-) -> Result<()> {
-    validate::shape(t, arg, shape)?;
-    if t.dtype() != dtype || t.device() != *device {
-        return Err(Error::invalid(
-            arg,
-            format!(
-                "expected {dtype} on {device} (the inputs'), got {} on {}",
-                t.dtype(),
-                t.device()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// A shape-`[]` tensor holding `value` (rounded once to `dtype`) on `device`.
-fn scalar(value: f64, dtype: DType, device: &Device) -> Result<Tensor> {
-    Tensor::from_vec(vec![value], &[])?
-        .into_dtype(dtype)?
-        .to_device(device)
-}
-
 /// Runs `$body` with `$t` = f64 for f64 storage and f32 otherwise (half storage is widened).
 macro_rules! with_compute {
     ($dtype:expr, |$t:ident| $body:expr) => {
@@ -698,7 +670,7 @@ fn run_distance2bbox(
     distances: &Tensor,
     out: &mut Tensor,
 ) -> Result<()> {
-    check_output(out, "out", &[plan.rows, 4], plan.dtype, &plan.device)?;
+    validate::output(out, "out", &[plan.rows, 4], plan.dtype, &plan.device)?;
     if plan.rows == 0 {
         return Ok(());
     }
@@ -725,7 +697,7 @@ fn run_distance2bbox_backward(
 ) -> Result<()> {
     validate::shape(grad_out, "grad_out", &[plan.rows, 4])?;
     common(&[("distances", distances), ("grad_out", grad_out)])?;
-    check_output(grad, "grad", &[plan.rows, 4], plan.dtype, &plan.device)?;
+    validate::output(grad, "grad", &[plan.rows, 4], plan.dtype, &plan.device)?;
     if plan.rows == 0 {
         return Ok(());
     }
@@ -752,7 +724,7 @@ fn run_bbox2distance(
     boxes: &Tensor,
     out: &mut Tensor,
 ) -> Result<()> {
-    check_output(out, "out", &[plan.rows, 4], plan.dtype, &plan.device)?;
+    validate::output(out, "out", &[plan.rows, 4], plan.dtype, &plan.device)?;
     if plan.rows == 0 {
         return Ok(());
     }
@@ -863,7 +835,7 @@ impl OverlapPlan {
 
 fn run_overlaps(plan: &OverlapPlan, a: &Tensor, b: &Tensor, out: &mut Tensor) -> Result<()> {
     let shape = plan.out_shape();
-    check_output(out, "out", &shape, plan.dtype, &plan.device)?;
+    validate::output(out, "out", &shape, plan.dtype, &plan.device)?;
     if plan.numel() == 0 {
         return Ok(());
     }
@@ -1022,7 +994,7 @@ fn run_giou_loss(
     weight: Option<&Tensor>,
     out: &mut Tensor,
 ) -> Result<()> {
-    check_output(out, "out", &plan.loss_shape(), plan.dtype, &plan.device)?;
+    validate::output(out, "out", &plan.loss_shape(), plan.dtype, &plan.device)?;
     if plan.rows == 0 {
         if plan.reduction != Reduction::None {
             *out = plan.empty_loss()?;
@@ -1070,7 +1042,7 @@ fn run_giou_backward(
         plan.dtype,
         &plan.device,
     )?;
-    check_output(grad, "grad", &[plan.rows, 4], plan.dtype, &plan.device)?;
+    validate::output(grad, "grad", &[plan.rows, 4], plan.dtype, &plan.device)?;
     if plan.rows == 0 {
         return Ok(());
     }
@@ -1109,7 +1081,7 @@ fn run_giou_fused(
     grad_scale: f64,
     grad: &mut Tensor,
 ) -> Result<Tensor> {
-    check_output(grad, "grad", &[plan.rows, 4], plan.dtype, &plan.device)?;
+    validate::output(grad, "grad", &[plan.rows, 4], plan.dtype, &plan.device)?;
     if plan.rows == 0 {
         return plan.empty_loss();
     }

@@ -59,6 +59,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
+use super::loss::scalar;
 pub use super::loss::{LossAndGrad, Reduction, AVG_FACTOR_EPS};
 use super::validate;
 use crate::error::{Error, Result};
@@ -726,35 +727,6 @@ impl IntegralPlan {
 // ---------------------------------------------------------------------------------------------------------
 // Dispatch
 
-/// A caller-provided or freshly made output must have this shape, dtype and device.
-fn check_output(
-    t: &Tensor,
-    arg: &str,
-    shape: &[usize],
-    dtype: DType,
-    device: &Device,
-) -> Result<()> {
-    validate::shape(t, arg, shape)?;
-    if t.dtype() != dtype || t.device() != *device {
-        return Err(Error::invalid(
-            arg,
-            format!(
-                "expected {dtype} on {device}, got {} on {}",
-                t.dtype(),
-                t.device()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// A scalar on the plan's device holding `value` in the plan's dtype.
-fn scalar(value: f64, dtype: DType, device: &Device) -> Result<Tensor> {
-    Tensor::from_vec(vec![value], &[])?
-        .into_dtype(dtype)?
-        .to_device(device)
-}
-
 /// The loss of an empty call: `[0]`, or the sum 0, or the mean 0 (with `avg_factor`) or NaN (without).
 fn empty_loss(plan: &LossPlan) -> Result<Tensor> {
     match plan.reduction {
@@ -867,7 +839,7 @@ fn run_backward(
         &plan.device,
     )?;
     let (logits, _) = inputs.logits();
-    check_output(grad, "grad", logits.shape(), plan.dtype, &plan.device)?;
+    validate::output(grad, "grad", logits.shape(), plan.dtype, &plan.device)?;
     if plan.rows == 0 {
         return Ok(()); // empty gradient, no launch
     }
@@ -926,7 +898,7 @@ fn run_fused(
     grad: &mut Tensor,
 ) -> Result<Tensor> {
     let (logits, _) = inputs.logits();
-    check_output(grad, "grad", logits.shape(), plan.dtype, &plan.device)?;
+    validate::output(grad, "grad", logits.shape(), plan.dtype, &plan.device)?;
     if plan.rows == 0 {
         return empty_loss(plan);
     }
@@ -972,7 +944,7 @@ fn cpu_fused<T: Real + HostElement>(
 }
 
 fn integral_forward_checked(plan: &IntegralPlan, logits: &Tensor, out: &mut Tensor) -> Result<()> {
-    check_output(out, "out", &plan.out_shape, plan.dtype, &plan.device)?;
+    validate::output(out, "out", &plan.out_shape, plan.dtype, &plan.device)?;
     if plan.rows == 0 {
         return Ok(());
     }
@@ -1010,7 +982,7 @@ fn integral_backward_checked(
             got: grad_out.device().to_string(),
         });
     }
-    check_output(grad, "grad", logits.shape(), plan.dtype, &plan.device)?;
+    validate::output(grad, "grad", logits.shape(), plan.dtype, &plan.device)?;
     if plan.rows == 0 {
         return Ok(());
     }

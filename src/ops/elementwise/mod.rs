@@ -153,7 +153,7 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// [`binary`] writing into `out` (the broadcast shape, `a`'s dtype and device; its contents are never read).
 pub fn binary_into(op: BinaryOp, a: &Tensor, b: &Tensor, out: &mut Tensor) -> Result<()> {
     let shape = check_binary(a, b)?;
-    check_out(out, a, &shape)?;
+    validate::output_like(out, a, &shape)?;
     run_binary(op, a, b, out)
 }
 
@@ -255,7 +255,7 @@ pub fn sum_to_shape(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
 pub fn sum_to_shape_into(x: &Tensor, out: &mut Tensor) -> Result<()> {
     let shape = out.shape().to_vec();
     check_reduce(x, &shape)?;
-    check_out(out, x, &shape)?;
+    validate::output_like(out, x, &shape)?;
     reduce_scaled_into(x, &shape, 1.0, out)
 }
 
@@ -386,13 +386,13 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
 pub fn scale_into(x: &Tensor, s: f64, out: &mut Tensor) -> Result<()> {
     check_finite_scalar("s", s)?;
     check_float(x, "x")?;
-    check_out(out, x, x.shape())?;
+    validate::output_like(out, x, x.shape())?;
     run_unary(UnaryKernel::Scale(s), x, out)
 }
 
 /// Gradient of [`scale`]: `s · grad_out`.
 pub fn scale_backward(grad_out: &Tensor, s: f64) -> Result<Tensor> {
-    scale(grad_out, s).map_err(|e| rename(e, "x", "grad_out"))
+    scale(grad_out, s).map_err(|e| e.for_argument("x", "grad_out"))
 }
 
 /// In-place `acc += alpha · x` (gradient accumulation). `acc` and `x` must have one shape, dtype and device;
@@ -548,7 +548,7 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
 /// [`unary`] writing into `out` (`x`'s shape, dtype and device; contents never read).
 pub fn unary_into(op: UnaryOp, x: &Tensor, out: &mut Tensor) -> Result<()> {
     check_float(x, "x")?;
-    check_out(out, x, x.shape())?;
+    validate::output_like(out, x, x.shape())?;
     run_unary(UnaryKernel::Op(op), x, out)
 }
 
@@ -735,51 +735,12 @@ fn check_finite_scalar(arg: &str, v: f64) -> Result<()> {
     }
 }
 
-/// An output buffer: `shape`, and `like`'s dtype and device.
-pub(crate) fn check_out(out: &Tensor, like: &Tensor, shape: &[usize]) -> Result<()> {
-    validate::shape(out, "out", shape)?;
-    if out.dtype() != like.dtype() || out.device() != like.device() {
-        return Err(Error::invalid(
-            "out",
-            format!(
-                "expected {} on {}, got {} on {}",
-                like.dtype(),
-                like.device(),
-                out.dtype(),
-                out.device()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// An upstream gradient: `shape`, and `like`'s dtype and device.
 fn check_grad(grad: &Tensor, like: &Tensor, shape: &[usize]) -> Result<()> {
     validate::shape(grad, "grad_out", shape)?;
     validate::same_device(&[("a", like), ("grad_out", grad)])?;
     validate::same_dtype(&[("a", like), ("grad_out", grad)])?;
     Ok(())
-}
-
-/// The same error about argument `to` instead of `from`.
-fn rename(e: Error, from: &str, to: &str) -> Error {
-    match e {
-        Error::Shape { arg, expected, got } if arg == from => Error::Shape {
-            arg: to.into(),
-            expected,
-            got,
-        },
-        Error::DType { arg, expected, got } if arg == from => Error::DType {
-            arg: to.into(),
-            expected,
-            got,
-        },
-        Error::InvalidArgument { arg, reason } if arg == from => Error::InvalidArgument {
-            arg: to.into(),
-            reason,
-        },
-        other => other,
-    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
+use super::loss::scalar;
 pub use super::loss::{LossAndGrad, Reduction, AVG_FACTOR_EPS};
 use super::validate;
 use crate::error::{Error, Result};
@@ -614,16 +615,6 @@ fn fused(plan: &Plan, inputs: &Inputs<'_>, grad_output: f64) -> Result<LossAndGr
         Device::Cuda(dev) => cuda::fused(dev, plan, inputs, grad_output),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(dev) => dev.unreachable(),
-    }
-}
-
-/// A shape-`[]` tensor holding `v` (rounded once to `dtype`) on `device`.
-fn scalar(v: f64, dtype: DType, device: &Device) -> Result<Tensor> {
-    let t = Tensor::from_vec(vec![v], &[])?.into_dtype(dtype)?;
-    if device.is_cpu() {
-        Ok(t)
-    } else {
-        t.to_device(device)
     }
 }
 

@@ -182,7 +182,7 @@ pub fn soft_assignment_into(
 ) -> Result<()> {
     check_temperature(cfg.temperature)?;
     let (n, k, _) = check_pair(x, prototypes, "x", "prototypes")?;
-    check_out(out, "out", x.dtype(), &x.device(), &[n, k])?;
+    validate::output(out, "out", &[n, k], x.dtype(), &x.device())?;
     if n == 0 || k == 0 {
         return Ok(());
     }
@@ -283,14 +283,14 @@ pub fn max_cosine_match_into(
         "prototypes",
     )?;
     let device = x.device();
-    check_out(
+    validate::output(
         &out.similarity,
         "similarity",
+        &[plan.rows],
         x.dtype(),
         &device,
-        &[plan.rows],
     )?;
-    check_out(&out.index, "index", DType::I64, &device, &[plan.rows])?;
+    validate::output(&out.index, "index", &[plan.rows], DType::I64, &device)?;
     prim::max_cosine_into(x, prototypes, &plan, &mut out.similarity, &mut out.index)
 }
 
@@ -352,7 +352,7 @@ pub fn gkd_robust_weights_into(
         "teacher",
         "teacher_prototypes",
     )?;
-    check_out(out, "out", student.dtype(), &student.device(), &[n])?;
+    validate::output(out, "out", &[n], student.dtype(), &student.device())?;
     prim::robust_weights_into(
         student,
         teacher,
@@ -531,28 +531,6 @@ fn check_pair(
     validate::same_device(&[(x_arg, x), (p_arg, prototypes)])?;
     validate::same_dtype(&[(x_arg, x), (p_arg, prototypes)])?;
     Ok((n, k, d))
-}
-
-/// An output buffer: `shape`, `dtype` and `device`.
-fn check_out(
-    out: &Tensor,
-    arg: &str,
-    dtype: DType,
-    device: &Device,
-    shape: &[usize],
-) -> Result<()> {
-    validate::shape(out, arg, shape)?;
-    if out.dtype() != dtype || out.device() != *device {
-        return Err(Error::invalid(
-            arg,
-            format!(
-                "expected {dtype} on {device}, got {} on {}",
-                out.dtype(),
-                out.device()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// A tensor that goes with `x`: `shape`, and `x`'s dtype and device.

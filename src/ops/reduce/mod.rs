@@ -43,7 +43,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use super::elementwise::{self, check_float, check_indexable, check_out, on_device};
+use super::elementwise::{self, check_float, check_indexable, on_device};
 use super::validate;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
@@ -202,7 +202,7 @@ pub fn sum_axes(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
 /// [`sum_axes`] into `out` (the output shape, `x`'s dtype and device; contents never read).
 pub fn sum_axes_into(x: &Tensor, axes: &[isize], keepdim: bool, out: &mut Tensor) -> Result<()> {
     let plan = axis_plan(x, axes, keepdim)?;
-    check_out(out, x, &plan.out_shape)?;
+    validate::output_like(out, x, &plan.out_shape)?;
     axis_reduction_into(x, &plan, false, out)
 }
 
@@ -217,7 +217,7 @@ pub fn mean_axes(x: &Tensor, axes: &[isize], keepdim: bool) -> Result<Tensor> {
 /// [`mean_axes`] into `out` (the output shape, `x`'s dtype and device; contents never read).
 pub fn mean_axes_into(x: &Tensor, axes: &[isize], keepdim: bool, out: &mut Tensor) -> Result<()> {
     let plan = axis_plan(x, axes, keepdim)?;
-    check_out(out, x, &plan.out_shape)?;
+    validate::output_like(out, x, &plan.out_shape)?;
     axis_reduction_into(x, &plan, true, out)
 }
 

@@ -84,7 +84,7 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
 /// read, every element is written).
 pub fn permute_into(x: &Tensor, perm: &[usize], out: &mut Tensor) -> Result<()> {
     let shape = check_permutation(x, "x", perm)?;
-    check_out(out, x, &shape)?;
+    validate::output_like(out, x, &shape)?;
     if out.numel() == 0 {
         return Ok(());
     }
@@ -212,7 +212,7 @@ pub fn narrow_into(
     out: &mut Tensor,
 ) -> Result<()> {
     let shape = check_slice(x.shape(), "x", axis, start, len)?;
-    check_out(out, x, &shape)?;
+    validate::output_like(out, x, &shape)?;
     if out.numel() == 0 {
         return Ok(());
     }
@@ -247,7 +247,7 @@ pub fn narrow_backward_into(
 ) -> Result<()> {
     let input_shape = out.shape().to_vec();
     check_narrow_grad(grad_out, &input_shape, axis, start)?;
-    check_out(out, grad_out, &input_shape)?;
+    validate::output_like(out, grad_out, &input_shape)?;
     if out.numel() == 0 {
         return Ok(());
     }
@@ -332,7 +332,7 @@ pub fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {
 /// [`concat`](fn@concat) writing into `out` (the joined shape, the parts' dtype and device).
 pub fn concat_into(parts: &[&Tensor], axis: usize, out: &mut Tensor) -> Result<()> {
     let shape = check_concat(parts, axis)?;
-    check_out(out, parts[0], &shape)?;
+    validate::output_like(out, parts[0], &shape)?;
     if out.numel() == 0 {
         return Ok(());
     }
@@ -473,7 +473,7 @@ pub fn index_select_into(
     let idx = check_indices(indices, x, axis)?;
     let mut shape = x.shape().to_vec();
     shape[axis] = idx.len();
-    check_out(out, x, &shape)?;
+    validate::output_like(out, x, &shape)?;
     gather_into(x, axis, indices, &idx, out)
 }
 
@@ -513,7 +513,7 @@ pub fn index_select_backward_into(
 ) -> Result<()> {
     let input_shape = out.shape().to_vec();
     let idx = check_scatter(grad_out, &input_shape, axis, indices)?;
-    check_out(out, grad_out, &input_shape)?;
+    validate::output_like(out, grad_out, &input_shape)?;
     scatter_into(grad_out, axis, &idx, out)
 }
 
@@ -703,24 +703,6 @@ fn check_axis_of(shape: &[usize], arg: &str, name: &str, axis: usize) -> Result<
             ),
         ))
     }
-}
-
-/// An output buffer: `shape`, and `like`'s dtype and device.
-fn check_out(out: &Tensor, like: &Tensor, shape: &[usize]) -> Result<()> {
-    validate::shape(out, "out", shape)?;
-    if out.dtype() != like.dtype() || out.device() != like.device() {
-        return Err(Error::invalid(
-            "out",
-            format!(
-                "expected {} on {}, got {} on {}",
-                like.dtype(),
-                like.device(),
-                out.dtype(),
-                out.device()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -128,7 +128,7 @@ pub fn normalize_rows(x: &Tensor, cfg: &CosineConfig) -> Result<Tensor> {
 pub fn normalize_rows_into(x: &Tensor, cfg: &CosineConfig, out: &mut Tensor) -> Result<()> {
     check_eps(cfg.eps)?;
     let (m, d) = check_matrix(x, "x")?;
-    check_out(out, x, &[m, d])?;
+    validate::output_like(out, x, &[m, d])?;
     if out.numel() == 0 {
         return Ok(());
     }
@@ -162,7 +162,7 @@ pub fn cosine_gram(x: &Tensor, cfg: &CosineConfig) -> Result<Tensor> {
 pub fn cosine_gram_into(x: &Tensor, cfg: &CosineConfig, out: &mut Tensor) -> Result<()> {
     check_eps(cfg.eps)?;
     let (m, _) = check_matrix(x, "x")?;
-    check_out(out, x, &[m, m])?;
+    validate::output_like(out, x, &[m, m])?;
     if m == 0 {
         return Ok(());
     }
@@ -202,7 +202,7 @@ pub fn cosine_cross_into(
 ) -> Result<()> {
     check_eps(cfg.eps)?;
     let (m, n, _) = check_pair(x, y)?;
-    check_out(out, x, &[m, n])?;
+    validate::output_like(out, x, &[m, n])?;
     if m * n == 0 {
         return Ok(());
     }
@@ -266,7 +266,7 @@ pub fn pairwise_distance_into(
     out: &mut Tensor,
 ) -> Result<()> {
     let (m, n, _) = check_optional_pair(x, y)?;
-    check_out(out, x, &[m, n])?;
+    validate::output_like(out, x, &[m, n])?;
     if m * n == 0 {
         return Ok(());
     }
@@ -294,7 +294,7 @@ pub fn pairwise_distance_backward(
     need_grad_y: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (m, n, d) = check_optional_pair(x, y)?;
-    check_grad(output, x, &[m, n]).map_err(|e| rename(e, "grad_out", "output"))?;
+    check_grad(output, x, &[m, n]).map_err(|e| e.for_argument("grad_out", "output"))?;
     check_grad(grad_out, x, &[m, n])?;
     let need_grad_y = need_grad_y && y.is_some();
     if m * n * d == 0 {
@@ -535,52 +535,12 @@ fn check_optional_pair(x: &Tensor, y: Option<&Tensor>) -> Result<(usize, usize, 
     }
 }
 
-/// An output buffer: `shape`, and `like`'s dtype and device.
-fn check_out(out: &Tensor, like: &Tensor, shape: &[usize]) -> Result<()> {
-    validate::shape(out, "out", shape)?;
-    if out.dtype() != like.dtype() || out.device() != like.device() {
-        return Err(Error::invalid(
-            "out",
-            format!(
-                "expected {} on {}, got {} on {}",
-                like.dtype(),
-                like.device(),
-                out.dtype(),
-                out.device()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// An upstream gradient: `shape`, and `like`'s dtype and device.
 fn check_grad(grad: &Tensor, like: &Tensor, shape: &[usize]) -> Result<()> {
     validate::shape(grad, "grad_out", shape)?;
     validate::same_device(&[("x", like), ("grad_out", grad)])?;
     validate::same_dtype(&[("x", like), ("grad_out", grad)])?;
     Ok(())
-}
-
-/// The same error about argument `to` instead of `from`.
-fn rename(e: Error, from: &str, to: &str) -> Error {
-    match e {
-        Error::Shape { arg, expected, got } if arg == from => Error::Shape {
-            arg: to.into(),
-            expected,
-            got,
-        },
-        Error::DType { arg, expected, got } if arg == from => Error::DType {
-            arg: to.into(),
-            expected,
-            got,
-        },
-        Error::Device { arg, expected, got } if arg == from => Error::Device {
-            arg: to.into(),
-            expected,
-            got,
-        },
-        other => other,
-    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use super::elementwise::{check_float, check_out, on_device};
+use super::elementwise::{check_float, on_device};
 use super::validate;
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
@@ -102,7 +102,7 @@ fn forward(kind: Kind, x: &Tensor, temperature: f64) -> Result<Tensor> {
 
 fn forward_into(kind: Kind, x: &Tensor, temperature: f64, out: &mut Tensor) -> Result<()> {
     let rows = check_rows(x, "x", temperature)?;
-    check_out(out, x, x.shape())?;
+    validate::output_like(out, x, x.shape())?;
     run_forward(kind, x, rows, out)
 }
 
