@@ -206,66 +206,6 @@ find_libcuda() {
   echo "libcuda:   NOT FOUND (GPU tests will fail: DETKD_REQUIRE_GPU=1)"
 }
 
-# cuBLAS is usually no system library there, but comes with PyTorch's pip packages.
-find_libcublas() {
-  local found dir python
-  found="$(ldconfig_lookup libcublas.so)"
-  if [[ -n $found ]]; then
-    echo "libcublas: $found (ldconfig)"
-    return 0
-  fi
-  for python in python3 python; do
-    command -v "$python" >/dev/null || continue
-    dir="$("$python" - 2>/dev/null <<'PY'
-import glob
-import os
-
-
-def dirs():
-    try:  # CUDA 12 wheels: nvidia/cublas/lib
-        import nvidia.cublas
-
-        for p in nvidia.cublas.__path__:
-            yield os.path.join(p, "lib")
-    except Exception:
-        pass
-    try:  # CUDA 13 wheels: nvidia/cu13/lib
-        import nvidia
-
-        for p in nvidia.__path__:
-            yield from sorted(glob.glob(os.path.join(p, "*", "lib")), reverse=True)
-    except Exception:
-        pass
-    try:  # builds that bundle cuBLAS with torch
-        import torch
-
-        yield os.path.join(os.path.dirname(torch.__file__), "lib")
-    except Exception:
-        pass
-
-
-for d in dirs():
-    if glob.glob(os.path.join(d, "libcublas.so*")):
-        print(d)
-        break
-PY
-)"
-    if [[ -n $dir ]]; then
-      prepend_lib_dir "$dir"
-      echo "libcublas: $dir (from $python, added to LD_LIBRARY_PATH)"
-      return 0
-    fi
-  done
-  for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    if compgen -G "$dir/libcublas.so*" >/dev/null; then
-      prepend_lib_dir "$dir"
-      echo "libcublas: $dir (added to LD_LIBRARY_PATH)"
-      return 0
-    fi
-  done
-  echo "libcublas: NOT FOUND (cuBLAS-backed ops will fail)"
-}
-
 find_compute_sanitizer() {
   local candidate
   for candidate in "$(command -v compute-sanitizer)" /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer; do
@@ -286,7 +226,6 @@ else
   echo "gpu:       nvidia-smi not found"
 fi
 find_libcuda
-find_libcublas
 echo "logs:      $logs"
 
 # A missing driver or device must fail the GPU tests, not skip them.

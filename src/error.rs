@@ -106,7 +106,7 @@ impl Error {
 
 #[cfg(feature = "cuda")]
 impl Error {
-    /// Wraps a driver/cuBLAS error with what detkd was doing when it happened.
+    /// Wraps a driver error with what detkd was doing when it happened.
     pub(crate) fn cuda(
         context: impl Into<String>,
     ) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
