@@ -1,9 +1,11 @@
 //! detkd: hand-written CUDA kernels, CPU references and autograd-style backward passes for knowledge
 //! distillation of object detectors.
 //!
-//! Layers (data flows down, nothing imports upward): [`parity`] → [`autograd`] → [`ops`] → [`cuda`] →
-//! [`tensor`]. Every op validates its inputs on the host and returns [`Error`] for bad input; nothing panics
-//! on user data.
+//! Layers (data flows down, nothing imports upward): [`engine`] (teacher–student training, TinyGFL, data,
+//! evaluation, the CLI's jobs) → [`distill`] (the five methods) → [`nn`] (layers and parameters) →
+//! [`autograd`] (the tape) → [`ops`] (each primitive's CPU reference and CUDA wrapper) → [`cuda`] →
+//! [`tensor`]; [`parity`] runs ops and methods from files for the `detkd parity` tool. Every op validates
+//! its inputs on the host and returns [`Error`] for bad input; nothing panics on user data.
 //!
 //! ```
 //! use detkd::ops::roi_align::{roi_align, RoiAlignConfig};
@@ -15,6 +17,8 @@
 //! assert_eq!(pooled.shape(), &[1, 2, 2, 2]);
 //! # Ok::<(), detkd::Error>(())
 //! ```
+
+#![warn(missing_docs)]
 
 pub mod autograd;
 pub mod cuda;

@@ -12,8 +12,11 @@ use std::fmt;
 /// Tolerances; the defaults are PyTorch's for f64.
 #[derive(Clone, Copy, Debug)]
 pub struct GradcheckOptions {
+    /// Finite-difference step `ε` added to and subtracted from each input element; default 1e-6.
     pub eps: f64,
+    /// Absolute tolerance on each Jacobian entry; default 1e-5.
     pub atol: f64,
+    /// Tolerance relative to `|numeric|` on each Jacobian entry; default 1e-3.
     pub rtol: f64,
 }
 
@@ -30,7 +33,9 @@ impl Default for GradcheckOptions {
 /// What a passing check covered.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GradcheckReport {
+    /// Number of scalar inputs checked (the length of the flattened `x`, all leaves together).
     pub inputs: usize,
+    /// Number of scalar outputs (the length of the flattened forward result).
     pub outputs: usize,
     /// Largest `|analytic − numeric|` over the Jacobian.
     pub max_abs_error: f64,
@@ -45,15 +50,22 @@ pub enum GradcheckFailure {
     Call(String),
     /// Jacobian entry `(output, input)` disagrees.
     Mismatch {
+        /// Index of the output element (Jacobian row) in the flattened output.
         output: usize,
+        /// Index of the input element (Jacobian column) in the flattened input.
         input: usize,
+        /// `∂out/∂in` from the backward (vector-Jacobian product with a unit upstream gradient).
         analytic: f64,
+        /// `∂out/∂in` from central differences.
         numeric: f64,
     },
     /// Two backward runs on the same upstream gradient differed at `input`.
     Nondeterministic {
+        /// Index of the first differing element of the flattened input gradient.
         input: usize,
+        /// That element's gradient from the first backward run.
         first: f64,
+        /// That element's gradient from the second backward run (not bitwise equal to `first`).
         second: f64,
     },
 }

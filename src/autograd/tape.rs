@@ -74,6 +74,7 @@ impl std::fmt::Debug for Tape {
 }
 
 impl Tape {
+    /// An empty tape with a fresh identity, so [`Var`]s from any other tape are rejected by its ops.
     pub fn new() -> Tape {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Tape {
@@ -87,6 +88,7 @@ impl Tape {
         self.nodes.borrow().len()
     }
 
+    /// Whether nothing has been recorded yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -947,24 +947,11 @@ impl Distiller for DrkdDistiller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autograd::{gradcheck, GradcheckOptions};
+    use crate::distill::test_support::{gradcheck_method, shape, t, term, trainable_entries};
     use crate::distill::{DenseAssignment, ImageTargets};
     use crate::Device;
 
     const STRIDES: [f64; 2] = [8.0, 16.0];
-
-    fn shape(width: usize) -> DetectorShape {
-        DetectorShape {
-            stage_channels: vec![width; 4],
-            fpn_channels: width,
-            num_classes: 2,
-            reg_max: 16,
-        }
-    }
-
-    fn t(v: Vec<f64>, shape: &[usize]) -> Tensor {
-        Tensor::from_vec(v, shape).unwrap()
-    }
 
     /// A small configuration: student width 2, teacher 4, two levels 8×8 (s8) and 4×4 (s16) of 64×64 images.
     fn small() -> DrkdConfig {
@@ -1016,77 +1003,21 @@ mod tests {
         Ok((g, updates))
     }
 
-    fn term(g: &MethodGradients, name: &str) -> Option<f64> {
-        g.terms.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
-    }
-
     /// Gradcheck of the whole loss with respect to every student input and to `per_param` entries of every
     /// trainable parameter (spread over each tensor), the relation filters held fixed by the step seed.
     fn check_gradients(cfg: &DrkdConfig, per_param: usize) {
         let p = problem(21);
         let (store, _) = build(cfg);
-        // (param, flat index) pairs that are perturbed.
-        let mut picked = Vec::new();
-        for id in store.trainable() {
-            let n = store.value(id).numel();
-            let step = (n / per_param).max(1);
-            for i in (0..n).step_by(step).take(per_param) {
-                picked.push((id, i));
-            }
-        }
-        let mut x: Vec<f64> = Vec::new();
-        for s in &p.student {
-            x.extend(s.to_vec::<f64>().unwrap());
-        }
-        let student_len = x.len();
-        for &(id, i) in &picked {
-            x.push(store.value(id).to_vec::<f64>().unwrap()[i]);
-        }
-        let evaluate = |x: &[f64]| -> Result<MethodGradients> {
-            let (mut store, d) = build(cfg);
-            let mut offset = 0;
-            let mut student = Vec::new();
-            for s in &p.student {
-                let n = s.numel();
-                student.push(t(x[offset..offset + n].to_vec(), s.shape()));
-                offset += n;
-            }
-            for (k, &(id, i)) in picked.iter().enumerate() {
-                let mut v = store.value(id).to_vec::<f64>()?;
-                v[i] = x[student_len + k];
-                let shape = store.value(id).shape().to_vec();
-                store.set(id, t(v, &shape))?;
-            }
-            let s: Vec<&Tensor> = student.iter().collect();
-            let te: Vec<&Tensor> = p.teacher.iter().collect();
-            let mut updates = BufferUpdates::default();
-            d.compute(&store, &s, &te, &STRIDES, &p.boxes, 42, &mut updates)
-        };
-        let report = gradcheck(
-            |x| Ok(vec![evaluate(x)?.loss]),
-            |x, g| {
-                let out = evaluate(x)?;
-                let mut flat = Vec::new();
-                for grad in &out.student_grads {
-                    flat.extend(grad.to_vec::<f64>()?.into_iter().map(|v| v * g[0]));
-                }
-                for &(id, i) in &picked {
-                    let v = out
-                        .param_grads
-                        .iter()
-                        .find(|(pid, _)| *pid == id)
-                        .map(|(_, t)| t.to_vec::<f64>())
-                        .transpose()?
-                        .map_or(0.0, |v| v[i]);
-                    flat.push(v * g[0]);
-                }
-                Ok(flat)
+        gradcheck_method(
+            &p.student,
+            &trainable_entries(&store, Some(per_param)),
+            || build(cfg),
+            |d, store, student| {
+                let te: Vec<&Tensor> = p.teacher.iter().collect();
+                let mut updates = BufferUpdates::default();
+                d.compute(store, student, &te, &STRIDES, &p.boxes, 42, &mut updates)
             },
-            &x,
-            &GradcheckOptions::default(),
-        )
-        .unwrap();
-        assert!(report.nonzero_entries > x.len() / 2, "{report:?}");
+        );
     }
 
     #[test]

@@ -991,25 +991,11 @@ impl Distiller for DsigDistiller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autograd::{gradcheck, GradcheckOptions};
+    use crate::distill::test_support::{gradcheck_method, shape, t, term, trainable_entries};
     use crate::distill::DenseAssignment;
-    use crate::nn::ParamId;
     use crate::Device;
 
     const STRIDES: [f64; 2] = [8.0, 16.0];
-
-    fn shape(width: usize) -> DetectorShape {
-        DetectorShape {
-            stage_channels: vec![width; 4],
-            fpn_channels: width,
-            num_classes: 2,
-            reg_max: 16,
-        }
-    }
-
-    fn t(v: Vec<f64>, shape: &[usize]) -> Tensor {
-        Tensor::from_vec(v, shape).unwrap()
-    }
 
     /// Two images of 64×64 px, FPN 8×8 (s8) and 4×4 (s16), student width 2, teacher 3, 2 classes.
     struct Problem {
@@ -1078,67 +1064,21 @@ mod tests {
         d.compute(&store, &s, &te, &c, &STRIDES, &p.nodes)
     }
 
-    fn term(g: &MethodGradients, name: &str) -> Option<f64> {
-        g.terms.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
-    }
-
     /// Gradcheck of the whole loss with respect to the student's FPN levels and the adapters, through the
     /// embedding entry (mining and the sampled nodes are fixed: they depend on the teacher only).
     fn check_gradients(cfg: &DsigConfig) {
         let p = problem(11);
         let (store, _) = build(cfg, DType::F64);
-        let params: Vec<ParamId> = store.trainable().collect();
-        let mut x: Vec<f64> = Vec::new();
-        for s in &p.student {
-            x.extend(s.to_vec::<f64>().unwrap());
-        }
-        for &id in &params {
-            x.extend(store.value(id).to_vec::<f64>().unwrap());
-        }
-        let evaluate = |x: &[f64]| -> Result<MethodGradients> {
-            let (mut store, d) = build(cfg, DType::F64);
-            let mut offset = 0;
-            let mut take = |shape: &[usize]| {
-                let n: usize = shape.iter().product();
-                let v = t(x[offset..offset + n].to_vec(), shape);
-                offset += n;
-                v
-            };
-            let student: Vec<Tensor> = p.student.iter().map(|s| take(s.shape())).collect();
-            for &id in &params {
-                let shape = store.value(id).shape().to_vec();
-                store.set(id, take(&shape))?;
-            }
-            let s: Vec<&Tensor> = student.iter().collect();
-            let te: Vec<&Tensor> = p.teacher.iter().collect();
-            let c: Vec<&Tensor> = p.cls.iter().collect();
-            d.compute(&store, &s, &te, &c, &STRIDES, &p.nodes)
-        };
-        let report = gradcheck(
-            |x| Ok(vec![evaluate(x)?.loss]),
-            |x, g| {
-                let out = evaluate(x)?;
-                let mut flat = Vec::new();
-                for grad in &out.student_grads {
-                    flat.extend(grad.to_vec::<f64>()?.into_iter().map(|v| v * g[0]));
-                }
-                for &id in &params {
-                    let grad = out
-                        .param_grads
-                        .iter()
-                        .find(|(pid, _)| *pid == id)
-                        .map(|(_, t)| t.to_vec::<f64>())
-                        .transpose()?
-                        .unwrap_or_else(|| vec![0.0; store.value(id).numel()]);
-                    flat.extend(grad.into_iter().map(|v| v * g[0]));
-                }
-                Ok(flat)
+        gradcheck_method(
+            &p.student,
+            &trainable_entries(&store, None),
+            || build(cfg, DType::F64),
+            |d, store, student| {
+                let te: Vec<&Tensor> = p.teacher.iter().collect();
+                let c: Vec<&Tensor> = p.cls.iter().collect();
+                d.compute(store, student, &te, &c, &STRIDES, &p.nodes)
             },
-            &x,
-            &GradcheckOptions::default(),
-        )
-        .unwrap();
-        assert!(report.nonzero_entries > x.len() / 2, "{report:?}");
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ use std::rc::Rc;
 pub struct GflLossConfig {
     /// QFL's β. Default 2.
     pub qfl_beta: f64,
+    /// QFL loss weight. Default 1.
     pub qfl_weight: f64,
     /// GIoU loss weight. Default 2.
     pub giou_weight: f64,
@@ -85,8 +86,9 @@ pub struct GflLossOutput {
     pub positive_weights: Rc<Tensor>,
     /// The student's box logits at the positives, `[P·4, reg_max + 1]` (`None` without positives).
     pub positive_reg: Option<Var>,
-    /// QFL's normaliser `Σ_images max(N_pos,i, 1)` and `W = max(Σ w_j, 1)`.
+    /// QFL's normaliser `Σ_images max(N_pos,i, 1)`.
     pub num_positives: f64,
+    /// GIoU's and DFL's normaliser `W = max(Σ w_j, 1)`.
     pub weight_sum: f64,
 }
 

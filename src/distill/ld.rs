@@ -211,6 +211,7 @@ impl LdConfig {
 /// anchor indices (`b·A + a`, ascending) and their weights.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ValuableRegion {
+    /// Flattened anchor indices `b·A + a` of the region, ascending.
     pub anchors: Vec<usize>,
     /// `v_a = max IoU(anchor_a, g)` over the boxes `g` that select `a`; every weight is > 0.
     pub weights: Vec<f64>,
@@ -661,7 +662,9 @@ fn score_weights(cls: &Tensor, positives: &[usize]) -> Result<Vec<f64>> {
 /// `reg[l]` `[B, 4·(reg_max + 1), H_l, W_l]`, finest level first.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadTensors<'a> {
+    /// Class logits per level, `[B, C, H_l, W_l]`.
     pub cls: &'a [&'a Tensor],
+    /// Box-distribution logits per level, `[B, 4·(reg_max + 1), H_l, W_l]`.
     pub reg: &'a [&'a Tensor],
 }
 
@@ -678,6 +681,7 @@ impl LdDistiller {
         Ok(LdDistiller { cfg })
     }
 
+    /// The configuration it runs with.
     pub fn config(&self) -> &LdConfig {
         &self.cfg
     }

@@ -18,6 +18,8 @@ pub mod gfl;
 pub mod gkd;
 pub mod hgd;
 pub mod ld;
+#[cfg(test)]
+mod test_support;
 
 use crate::autograd::Var;
 
@@ -45,6 +47,7 @@ pub struct DetectorOutputs {
 /// The ground truth of one image, in input pixels.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ImageTargets {
+    /// Ground-truth boxes `[x1, y1, x2, y2]` in input pixels.
     pub boxes: Vec<Box4>,
     /// Contiguous class labels in `[0, C)`.
     pub labels: Vec<usize>,
@@ -59,23 +62,31 @@ pub struct DenseAssignment {
     pub batch: usize,
     /// Anchors per image (`A`).
     pub anchors_per_image: usize,
-    /// Per anchor of one image: its centre in pixels, its stride and its (square) anchor box.
+    /// Per anchor of one image (`A` entries): its centre `(x, y)` in pixels.
     pub points: Vec<[f64; 2]>,
+    /// Per anchor of one image: the stride of its level in pixels.
     pub strides: Vec<f64>,
+    /// Per anchor of one image: its square anchor box (side `anchor_scale · stride`), for ATSS's IoUs.
     pub anchor_boxes: Vec<Box4>,
-    /// Positive anchors (flattened over the batch), ascending, and for each its box and label.
+    /// Positive anchors, flattened over the batch (`b·A + a`), ascending.
     pub positives: Vec<usize>,
+    /// The ground-truth box assigned to each positive, in pixels.
     pub positive_boxes: Vec<Box4>,
+    /// The class label in `[0, C)` of each positive.
     pub positive_labels: Vec<usize>,
-    /// Per image: the ground truth and each box's ATSS IoU threshold (LD's VLR is relative to it).
+    /// Per image: its ground truth.
     pub images: Vec<ImageTargets>,
+    /// Per image, per ground-truth box: the ATSS IoU threshold (mean + std of its candidates' IoUs); LD's
+    /// valuable localisation region is defined relative to it.
     pub thresholds: Vec<Vec<f64>>,
 }
 
 /// One named, weighted loss term on the tape (shape `[]`), for the total and for logging.
 #[derive(Clone, Copy, Debug)]
 pub struct LossTerm {
+    /// The term's name in logs and metrics (`loss_ld`, `loss_dsig_fg`, ...).
     pub name: &'static str,
+    /// The weighted value, a shape-`[]` variable on the tape.
     pub value: Var,
 }
 
@@ -86,7 +97,9 @@ pub struct DetectorShape {
     pub stage_channels: Vec<usize>,
     /// FPN width.
     pub fpn_channels: usize,
+    /// Classes of the head (`C`, background excluded).
     pub num_classes: usize,
+    /// Largest bin of the box distributions (GFL's `reg_max`; `reg_max + 1` bins per side).
     pub reg_max: usize,
 }
 
@@ -97,8 +110,9 @@ pub struct StepContext<'a> {
     pub assignment: &'a DenseAssignment,
     /// What the student's GFL loss computed at the positives (LD reuses `w_j` and the gathered logits).
     pub student_gfl: Option<&'a gfl::GflLossOutput>,
-    /// Zero-based epoch and the schedule's length (GKD attenuates its feature loss with `1 − epoch/E`).
+    /// Zero-based epoch (GKD attenuates its feature loss with `1 − epoch/E`).
     pub epoch: usize,
+    /// The schedule's length in epochs (`E`).
     pub num_epochs: usize,
     /// A seed that differs every step (DRKD's random relation filter, background-box sampling).
     pub step_seed: u64,
@@ -142,9 +156,13 @@ pub trait Distiller {
 /// (finest first, `[B, C, H, W]`, on the training device) and the batch's ground truth in input pixels.
 #[derive(Debug)]
 pub struct SampledFeatures {
+    /// The student's FPN levels, finest first, `[B, C_s, H_l, W_l]`.
     pub student_fpn: Vec<crate::Tensor>,
+    /// The teacher's FPN levels, same sizes, `[B, C_t, H_l, W_l]`.
     pub teacher_fpn: Vec<crate::Tensor>,
+    /// Stride of each level in input pixels.
     pub fpn_strides: Vec<f64>,
+    /// The ground truth of each image of the batch.
     pub targets: Vec<ImageTargets>,
 }
 
@@ -165,8 +183,11 @@ pub trait FeatureSource {
 pub struct MethodGradients {
     /// The total (sum of the weighted terms).
     pub loss: f64,
+    /// Each weighted term by name, in the method's order.
     pub terms: Vec<(&'static str, f64)>,
+    /// d loss / d student tensor, one per student input (same order, shape, dtype and device).
     pub student_grads: Vec<crate::Tensor>,
+    /// d loss / d parameter for each of the method's trainable parameters (adapters, relation modules).
     pub param_grads: Vec<(crate::nn::ParamId, crate::Tensor)>,
 }
 

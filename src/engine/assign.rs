@@ -22,8 +22,9 @@ use crate::error::{Error, Result};
 /// The square anchors of one FPN level.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AnchorLevel {
-    /// Feature-map height and width.
+    /// Feature-map height, in cells.
     pub height: usize,
+    /// Feature-map width, in cells.
     pub width: usize,
     /// Pixels per feature-map cell.
     pub stride: f64,
@@ -72,6 +73,7 @@ pub struct Assignment {
     pub gt_index: Vec<Option<usize>>,
     /// The IoU matrix `[anchors][gts]`, row-major, which the LD valuable-region selection reuses.
     pub ious: Vec<f64>,
+    /// Number of ground-truth boxes (the column count of `ious`).
     pub num_gts: usize,
     /// Per box, the ATSS threshold `mean + std` of its candidates' IoUs (NaN for a single candidate); LD's
     /// valuable localisation region is defined relative to it.

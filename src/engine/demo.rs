@@ -17,13 +17,20 @@ use std::time::Instant;
 /// What the demo runs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DemoConfig {
+    /// Folder for the checkpoints, `metrics.jsonl`, `report.json` and `report.png` (created if missing).
     pub out_dir: PathBuf,
+    /// Seed of the synthetic set and of the methods; [`DemoConfig::full`] and [`DemoConfig::quick`] copy
+    /// it into both schedules.
     pub seed: u64,
     /// Side of the square synthetic images, in pixels (objects from 6 px to half of it).
     pub image_size: usize,
+    /// Synthetic training images.
     pub train_size: usize,
+    /// Synthetic validation images.
     pub val_size: usize,
+    /// Schedule of the teacher preset.
     pub teacher: TrainSettings,
+    /// Schedule shared by every student run, plain and distilled, so they compare.
     pub student: TrainSettings,
     /// `(run name, methods)`; the first run should be the plain student.
     pub runs: Vec<(String, Vec<String>)>,
@@ -88,10 +95,15 @@ impl DemoConfig {
 /// One row of the demo's table.
 #[derive(Clone, Debug)]
 pub struct DemoRun {
+    /// Run name: `teacher`, `student`, or the methods as `+ld`, `+ld+gkd`, …
     pub name: String,
+    /// Distillation methods of the run (empty for the teacher and the plain student).
     pub methods: Vec<String>,
+    /// COCO metrics on the validation split.
     pub stats: CocoStats,
+    /// Wall time of the run (training and evaluation), in seconds.
     pub wall_seconds: f64,
+    /// Per step: `(iteration, detection loss = QFL + GIoU + DFL)`, the report's curves.
     pub losses: Vec<(usize, f64)>,
 }
 

@@ -24,11 +24,15 @@ pub const CLASSES_KEY: &str = "detkd.classes";
 /// Architecture presets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
+    /// [`TinyGflConfig::teacher`]: stage widths 32–256, FPN and head width 64, two convs per head branch.
     Teacher,
+    /// [`TinyGflConfig::student`]: half the teacher's widths and one conv per head branch (about a
+    /// quarter of its FLOPs).
     Student,
 }
 
 impl Preset {
+    /// The architecture of this preset for a data set of `num_classes` classes.
     pub fn config(self, num_classes: usize) -> TinyGflConfig {
         match self {
             Preset::Teacher => TinyGflConfig::teacher(num_classes),
@@ -42,20 +46,30 @@ impl Preset {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSettings {
+    /// Passes over the training set (≥ 1).
     pub epochs: usize,
+    /// Images per step (≥ 1); each epoch drops its last, partial batch.
     pub batch_size: usize,
     /// `sgd` or `adamw`.
     pub optimizer: String,
+    /// Peak learning rate of the linear warm-up + cosine schedule (the `--lr` flag).
     pub lr: f64,
     /// SGD momentum (ignored by AdamW).
     pub momentum: f64,
+    /// Weight decay: coupled L2 for SGD (PyTorch `SGD(weight_decay=…)`), decoupled for AdamW.
     pub weight_decay: f64,
+    /// Linear warm-up iterations from 0.001·lr (capped at half the run's iterations).
     pub warmup_iters: usize,
+    /// Maximum total gradient L2 norm (mmdet's `grad_clip=dict(max_norm=…)`), > 0; `None` disables
+    /// clipping.
     pub grad_clip: Option<f64>,
     /// Resize target (square side), or none.
     pub image_size: Option<usize>,
+    /// Probability of a horizontal flip of each training image, in `[0, 1]` (mmdet's `flip_ratio`).
     pub flip_probability: f64,
+    /// ATSS anchors are squares of `anchor_scale · stride` pixels (GFL's 8 suits 800-px images).
     pub anchor_scale: f64,
+    /// Seed of a fresh detector's weights, the shuffling and flips, and the distillation methods.
     pub seed: u64,
 }
 
@@ -80,6 +94,8 @@ impl Default for TrainSettings {
 }
 
 impl TrainSettings {
+    /// The [`TrainConfig`] of these settings (square `image_size` as `(s, s)`, GFL loss defaults); fails
+    /// on an `optimizer` other than `sgd` or `adamw`.
     pub fn to_config(&self) -> Result<TrainConfig> {
         let optimizer = match self.optimizer.as_str() {
             "sgd" => OptimizerConfig::Sgd(SgdConfig {
@@ -178,13 +194,20 @@ pub fn read_config(
 /// Where training and validation images come from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DataSource {
+    /// The synthetic shapes set ([`SyntheticShapes`]) with its default settings (128 × 128 images).
     Synthetic {
+        /// Training images.
         train_size: usize,
+        /// Validation images.
         val_size: usize,
+        /// Seed of the images; the two splits derive independent seeds from it, so they share no image.
         seed: u64,
     },
+    /// COCO-format data ([`CocoDataset`]), normalised with ImageNet statistics.
     Coco {
+        /// `(annotation file, image folder)` of the training set.
         train: (PathBuf, PathBuf),
+        /// `(annotation file, image folder)` of the validation set; `None` evaluates on the training set.
         val: Option<(PathBuf, PathBuf)>,
     },
 }
@@ -219,6 +242,8 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
+    /// A log writing to `path` (truncated, parent folders created), or one that discards every line
+    /// when `path` is `None`.
     pub fn create(path: Option<&Path>) -> Result<MetricsLog> {
         let file = path
             .map(|p| {
@@ -240,6 +265,7 @@ impl MetricsLog {
         })
     }
 
+    /// Appends `value` as one line of JSON (nothing when the log has no file).
     pub fn write(&mut self, value: &serde_json::Value) -> Result<()> {
         if let Some(f) = &mut self.file {
             writeln!(f, "{value}").map_err(|source| Error::Io {
@@ -349,13 +375,18 @@ pub fn print_stats(stats: &CocoStats) {
 /// Flag overrides of [`TrainSettings`] (applied after the config file).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TrainOverrides {
+    /// `--epochs`: replaces [`TrainSettings::epochs`].
     pub epochs: Option<usize>,
+    /// `--batch-size`: replaces [`TrainSettings::batch_size`].
     pub batch_size: Option<usize>,
+    /// `--lr`: replaces [`TrainSettings::lr`].
     pub lr: Option<f64>,
+    /// `--seed`: replaces [`TrainSettings::seed`].
     pub seed: Option<u64>,
 }
 
 impl TrainOverrides {
+    /// Replaces the fields of `t` whose flag was given; the others keep their config-file value.
     pub fn apply(&self, t: &mut TrainSettings) {
         if let Some(v) = self.epochs {
             t.epochs = v;
@@ -402,7 +433,9 @@ pub fn job_settings(
 /// What a finished training job reports.
 #[derive(Clone, Debug)]
 pub struct TrainOutcome {
+    /// COCO metrics of the trained detector on the validation set.
     pub stats: CocoStats,
+    /// Iterations, images, wall time and final loss of the training loop.
     pub summary: super::train::TrainSummary,
     /// Per step: (iteration, detection loss = QFL + GIoU + DFL), comparable across methods whose own terms
     /// differ in scale.
@@ -487,15 +520,26 @@ pub fn run_training(
 /// `detkd distill`: a frozen teacher checkpoint, a student (checkpoint or fresh preset), any combination of
 /// methods with the official weights (optionally multiplied per term from the config file's `weights`).
 pub struct DistillJob<'a> {
+    /// Teacher checkpoint written by `detkd train`; its architecture comes from the metadata and its
+    /// class count must match the data set's.
     pub teacher: &'a Path,
+    /// Student checkpoint to start from (its architecture wins over `student_preset` and the config's
+    /// `model`); `None` trains a fresh student.
     pub student: Option<&'a Path>,
+    /// Architecture of a fresh student (ignored when `student` is given).
     pub student_preset: Preset,
+    /// Method names from [`METHODS`](super::methods::METHODS) (`ld`, `dsig`, `gkd`, `drkd`, `hgd`), in
+    /// any combination.
     pub methods: &'a [String],
+    /// JSON config file with optional `model`, `train` and `weights` sections (see [`read_config`]).
     pub config: Option<&'a Path>,
+    /// Flag overrides, applied after the config file.
     pub overrides: TrainOverrides,
 }
 
 impl DistillJob<'_> {
+    /// Trains the student with the methods distilling from the frozen teacher on `device`, writes the
+    /// student's checkpoint to `output` and per-step metrics to `metrics`, and evaluates on `val_set`.
     pub fn run(
         &self,
         train_set: &dyn Dataset,

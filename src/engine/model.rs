@@ -30,7 +30,9 @@ use crate::testing::Rng;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TinyGflConfig {
+    /// Object classes C (≥ 1): the output channels of the classification branch.
     pub num_classes: usize,
+    /// Output channels of the stride-2 3×3 stem (≥ 1).
     pub stem_channels: usize,
     /// Output channels of stages 1–4 (strides 4, 8, 16, 32).
     pub stage_channels: [usize; 4],
@@ -40,6 +42,7 @@ pub struct TinyGflConfig {
     pub fpn_channels: usize,
     /// Stacked `conv–GN–ReLU` layers in each head branch.
     pub head_convs: usize,
+    /// Width of the head's stacked convolutions (≥ 1; unused when `head_convs` is 0).
     pub head_channels: usize,
     /// Box distributions have `reg_max + 1` bins.
     pub reg_max: usize,
@@ -217,6 +220,7 @@ impl BasicBlock {
 /// The detector: its parameters live in the [`ParamStore`] passed to [`TinyGfl::new`].
 #[derive(Clone, Debug)]
 pub struct TinyGfl {
+    /// The architecture it was built with.
     pub cfg: TinyGflConfig,
     stem: ConvGnRelu,
     stages: Vec<(ConvGnRelu, Vec<BasicBlock>)>,

@@ -11,11 +11,14 @@ use std::collections::BTreeMap;
 /// Which update rule; the config's `lr` is the base (peak) learning rate of the schedule.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OptimizerConfig {
+    /// SGD with momentum and coupled weight decay (PyTorch's `torch.optim.SGD`).
     Sgd(SgdConfig),
+    /// AdamW with decoupled weight decay (PyTorch's `torch.optim.AdamW`).
     AdamW(AdamWConfig),
 }
 
 impl OptimizerConfig {
+    /// The configured `lr`: the schedule's peak learning rate.
     pub fn base_lr(&self) -> f64 {
         match self {
             OptimizerConfig::Sgd(c) => c.lr,
@@ -28,10 +31,15 @@ impl OptimizerConfig {
 /// `total_iters` (mmdet's `warmup='linear'` + `CosineAnnealing`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
+    /// Peak learning rate, reached at the end of the warm-up.
     pub base_lr: f64,
+    /// Length of the linear warm-up, in iterations (0 = none).
     pub warmup_iters: usize,
+    /// Fraction of `base_lr` the warm-up starts from (mmdet's `warmup_ratio`; the engine uses 0.001).
     pub warmup_ratio: f64,
+    /// Iteration at which the cosine reaches its floor (the run's length, ≥ 1); the rate stays there after.
     pub total_iters: usize,
+    /// Floor of the cosine as a fraction of `base_lr` (mmdet's `min_lr_ratio`; the engine uses 0.01).
     pub min_lr_ratio: f64,
 }
 
@@ -66,6 +74,7 @@ pub struct Optimizer {
 /// What one [`Optimizer::step`] did.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepStats {
+    /// Learning rate the schedule gave this step.
     pub lr: f64,
     /// The total gradient norm before clipping.
     pub grad_norm: f64,
@@ -74,6 +83,8 @@ pub struct StepStats {
 }
 
 impl Optimizer {
+    /// An optimizer with empty state; `grad_clip` is the maximum total gradient norm. Fails when
+    /// `schedule.total_iters` is 0 or `grad_clip` is not finite and > 0.
     pub fn new(
         config: OptimizerConfig,
         schedule: Schedule,

@@ -9,11 +9,13 @@ use std::path::Path;
 /// One run's curve and scores.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunCurve {
+    /// Run name, shown in the curves' legend and under the run's bar.
     pub name: String,
     /// `(iteration, loss)`.
     pub losses: Vec<(usize, f64)>,
-    /// AP@[.5:.95] (0–1) and AP50, for the bars.
+    /// AP@[.5:.95] (0–1): the solid bar, also printed under it.
     pub ap: f64,
+    /// AP at IoU 0.5 (0–1): the light bar behind the solid one.
     pub ap50: f64,
 }
 

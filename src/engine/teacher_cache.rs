@@ -32,8 +32,9 @@ pub struct TeacherCache {
     entries: HashMap<Key, Rc<Entry>>,
     bytes: usize,
     budget_bytes: usize,
-    /// Forwards computed and reused, for the log.
+    /// Images whose teacher outputs were computed (not in the cache), for the log.
     pub misses: usize,
+    /// Images whose outputs came from the cache, for the log.
     pub hits: usize,
 }
 
@@ -42,6 +43,7 @@ fn tensor_bytes(t: &Tensor) -> usize {
 }
 
 impl TeacherCache {
+    /// An empty cache that stores up to `budget_bytes` bytes of tensors (the engine gives it 2 GiB).
     pub fn new(budget_bytes: usize) -> Self {
         TeacherCache {
             entries: HashMap::new(),

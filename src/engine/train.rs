@@ -26,7 +26,10 @@ use std::time::Instant;
 /// `distill.`, which checkpoints leave out).
 #[derive(Debug)]
 pub struct Detector {
+    /// The architecture and its layers (handles into `store`).
     pub model: TinyGfl,
+    /// Parameter values: the detector's under `backbone.`, `neck.` and `head.`, the methods' under
+    /// [`DISTILL_PREFIX`].
     pub store: ParamStore,
 }
 
@@ -60,6 +63,7 @@ impl Detector {
         crate::tensor::io::save(path, named, metadata)
     }
 
+    /// Moves every parameter in `store` (the methods' too) to `device`.
     pub fn to_device(&mut self, device: &Device) -> Result<()> {
         self.store.to_device(device)
     }
@@ -68,8 +72,11 @@ impl Detector {
 /// Settings of [`train`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
+    /// Passes over the training set (≥ 1).
     pub epochs: usize,
+    /// Images per step (≥ 1); each epoch drops its last, partial batch.
     pub batch_size: usize,
+    /// Update rule and hyper-parameters; its `lr` is the schedule's peak (warm-up, then cosine to 1%).
     pub optimizer: OptimizerConfig,
     /// Linear warm-up iterations (from 0.001·lr).
     pub warmup_iters: usize,
@@ -77,11 +84,15 @@ pub struct TrainConfig {
     pub grad_clip: Option<f64>,
     /// Resize target `(h, w)` (aspect kept), or None for the images' own size.
     pub image_size: Option<(usize, usize)>,
+    /// Probability of a horizontal flip of each training image, in `[0, 1]` (mmdet's `flip_ratio`).
     pub flip_probability: f64,
     /// Square anchors of `anchor_scale · stride` pixels for ATSS (GFL: 8 on 800-px images; TinyGFL's small
     /// images want smaller anchors).
     pub anchor_scale: f64,
+    /// Weights and settings of the detection loss (QFL, GIoU, DFL); the default is GFL's.
     pub gfl: GflLossConfig,
+    /// Seed of the shuffling, the flips and the distillation methods' per-step draws (the weights are
+    /// initialised by whoever builds the [`Detector`]).
     pub seed: u64,
 }
 
@@ -110,7 +121,9 @@ impl Default for TrainConfig {
 
 /// A frozen teacher and the methods that distil from it.
 pub struct Distillation<'a> {
+    /// The frozen teacher (evaluation mode, never updated).
     pub teacher: &'a Detector,
+    /// The methods; each adds its weighted loss terms to every step.
     pub methods: Vec<Box<dyn Distiller + 'a>>,
     /// Reuse the teacher's per-image outputs across epochs (exact for TinyGFL: GroupNorm only, see
     /// [`TeacherCache`]); `None` runs the teacher on every batch.
@@ -131,24 +144,36 @@ impl<'a> Distillation<'a> {
 /// One logged training step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepRecord {
+    /// Epoch, 0-based.
     pub epoch: usize,
+    /// Iteration, 0-based and counted across epochs.
     pub iter: usize,
+    /// Iterations of the whole run (full batches per epoch × epochs).
     pub total_iters: usize,
+    /// Learning rate of this step.
     pub lr: f64,
+    /// Total gradient L2 norm before clipping.
     pub grad_norm: f64,
+    /// Total loss: the sum of `terms`.
     pub loss: f64,
     /// Every weighted term (detection and distillation).
     pub terms: Vec<(String, f64)>,
+    /// Throughput of this step: its images over its wall time (data loading excluded).
     pub images_per_second: f64,
+    /// `false` when the update was skipped because the gradient norm was not finite.
     pub applied: bool,
 }
 
 /// The result of [`train`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainSummary {
+    /// Steps taken, skipped ones included.
     pub iterations: usize,
+    /// Training images seen (iterations × batch size).
     pub images: usize,
+    /// Wall time of the whole loop, in seconds (the methods' per-epoch passes included).
     pub wall_seconds: f64,
+    /// Total loss of the last step.
     pub final_loss: f64,
     /// Steps skipped because of a non-finite gradient.
     pub skipped_steps: usize,
@@ -447,8 +472,12 @@ fn scalar(tape: &Tape, v: Var) -> Result<f64> {
 /// Settings of [`evaluate`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvalConfig {
+    /// Images per forward (0 counts as 1); default 16.
     pub batch_size: usize,
+    /// Resize target `(h, w)` (aspect kept), as in training; `None` (default) keeps the images' size.
     pub image_size: Option<(usize, usize)>,
+    /// Post-processing (score threshold, NMS, detections per image; mmdet's `test_cfg`); its `reg_max` is
+    /// replaced by the detector's.
     pub decode: GflDecodeConfig,
 }
 

@@ -33,12 +33,17 @@ fn init_weight(shape: &[usize], init: WeightInit, rng: &mut Rng) -> Result<Tenso
 /// Geometry of a [`Conv2d`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvSpec {
+    /// Input channels `Cin` (`in_channels` of `nn.Conv2d`), ≥ 1.
     pub in_channels: usize,
+    /// Output channels `Cout` (`out_channels` of `nn.Conv2d`), ≥ 1.
     pub out_channels: usize,
     /// Square kernel side.
     pub kernel: usize,
+    /// Step between output positions along both axes, ≥ 1 ([`ConvSpec::same`]: 1).
     pub stride: usize,
+    /// Zeros added on every side of the input ([`ConvSpec::same`]: `kernel / 2`).
     pub padding: usize,
+    /// Spacing between kernel taps along both axes, ≥ 1 ([`ConvSpec::same`]: 1).
     pub dilation: usize,
 }
 
@@ -64,9 +69,13 @@ impl ConvSpec {
 /// `nn.Conv2d` (groups = 1): weight `[out, in, k, k]`, optional bias `[out]`.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
+    /// The geometry the layer was built with.
     pub spec: ConvSpec,
+    /// `<prefix>.weight`, `[out_channels, in_channels, kernel, kernel]` (OIHW).
     pub weight: ParamId,
+    /// `<prefix>.bias`, `[out_channels]`; `None` for a bias-free convolution (e.g. before a norm).
     pub bias: Option<ParamId>,
+    /// The op configuration derived from `spec` (square stride, padding, dilation; default workspace).
     pub cfg: Conv2dConfig,
 }
 
@@ -114,6 +123,8 @@ impl Conv2d {
         })
     }
 
+    /// `x` `[B, in_channels, H, W]` to `[B, out_channels, OH, OW]`, with
+    /// `OH = ⌊(H + 2·padding − dilation·(kernel − 1) − 1) / stride⌋ + 1` (likewise `OW`).
     pub fn forward(&self, b: &Bound, x: Var) -> Result<Var> {
         b.tape().conv2d(
             x,
@@ -127,12 +138,17 @@ impl Conv2d {
 /// `nn.GroupNorm(num_groups, channels)` with affine `weight` (1) and `bias` (0).
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
+    /// `<prefix>.weight` (γ), `[channels]`, initialised to 1.
     pub weight: ParamId,
+    /// `<prefix>.bias` (β), `[channels]`, initialised to 0.
     pub bias: ParamId,
+    /// The number of groups and ε (1e-5, PyTorch's default).
     pub cfg: GroupNormConfig,
 }
 
 impl GroupNorm {
+    /// Registers `<prefix>.weight` and `<prefix>.bias`, both `[channels]`; `num_groups` must be ≥ 1 and
+    /// divide `channels`.
     pub fn new(
         store: &mut ParamStore,
         prefix: &str,
@@ -163,6 +179,8 @@ impl GroupNorm {
         })
     }
 
+    /// Normalises `x` `[B, channels, H, W]` over each image's groups of `channels / num_groups` channels,
+    /// then applies the per-channel affine; the output has the input's shape.
     pub fn forward(&self, b: &Bound, x: Var) -> Result<Var> {
         b.tape().group_norm(
             x,
@@ -177,6 +195,7 @@ impl GroupNorm {
 /// store after the step ([`ParamStore::apply`]).
 #[derive(Debug, Default)]
 pub struct BufferUpdates {
+    /// New values for buffers, in the order the layers ran; each has the shape of the entry it replaces.
     pub updates: Vec<(ParamId, Tensor)>,
 }
 
@@ -194,15 +213,22 @@ impl ParamStore {
 /// and `num_batches_tracked` (PyTorch's state-dict names).
 #[derive(Clone, Debug)]
 pub struct BatchNorm2d {
+    /// `<prefix>.weight` (γ), trainable, `[channels]`, initialised to 1.
     pub weight: ParamId,
+    /// `<prefix>.bias` (β), trainable, `[channels]`, initialised to 0.
     pub bias: ParamId,
+    /// `<prefix>.running_mean`, a buffer, `[channels]`, initialised to 0.
     pub running_mean: ParamId,
+    /// `<prefix>.running_var` (unbiased), a buffer, `[channels]`, initialised to 1.
     pub running_var: ParamId,
+    /// `<prefix>.num_batches_tracked`, an i64 scalar buffer (shape `[]`) counting training-mode forwards.
     pub num_batches_tracked: ParamId,
+    /// ε and the running-statistics momentum, as given to [`BatchNorm2d::new`].
     pub cfg: BatchNormConfig,
 }
 
 impl BatchNorm2d {
+    /// Registers the five entries under `<prefix>.`, with PyTorch's initial values.
     pub fn new(
         store: &mut ParamStore,
         prefix: &str,
@@ -264,7 +290,9 @@ impl BatchNorm2d {
 /// `nn.Linear(in, out)`: weight `[out, in]`, optional bias `[out]`; `y = x Wᵀ + b` on `[N, in]`.
 #[derive(Clone, Debug)]
 pub struct Linear {
+    /// `<prefix>.weight`, `[out_features, in_features]`.
     pub weight: ParamId,
+    /// `<prefix>.bias`, `[out_features]`; `None` when built without a bias.
     pub bias: Option<ParamId>,
 }
 
@@ -301,6 +329,7 @@ impl Linear {
         Ok(Linear { weight, bias })
     }
 
+    /// `x` `[N, in_features]` to `x Wᵀ + b`, `[N, out_features]`.
     pub fn forward(&self, b: &Bound, x: Var) -> Result<Var> {
         let tape = b.tape();
         let y = tape.matmul(x, b.var(self.weight), false, true)?;

@@ -29,6 +29,7 @@ pub enum ParamKind {
 pub struct ParamId(usize);
 
 impl ParamId {
+    /// Position of the entry in its store's registration order (0-based).
     pub fn index(self) -> usize {
         self.0
     }
@@ -49,6 +50,7 @@ pub struct ParamStore {
 }
 
 impl ParamStore {
+    /// An empty store.
     pub fn new() -> Self {
         ParamStore::default()
     }
@@ -76,10 +78,12 @@ impl ParamStore {
         Ok(ParamId(self.entries.len() - 1))
     }
 
+    /// Number of entries, parameters and buffers together.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether nothing has been registered.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -100,18 +104,24 @@ impl ParamStore {
         self.trainable().map(|id| self.value(id).numel()).sum()
     }
 
+    /// The entry registered under the dotted `name`, if any.
     pub fn id(&self, name: &str) -> Option<ParamId> {
         self.by_name.get(name).copied().map(ParamId)
     }
 
+    /// The dotted name of `id` (PyTorch's state-dict key). `id` must come from this store (an
+    /// out-of-range id panics).
     pub fn name(&self, id: ParamId) -> &str {
         &self.entries[id.0].name
     }
 
+    /// Whether `id` is trainable or a buffer. `id` must come from this store (an out-of-range id panics).
     pub fn kind(&self, id: ParamId) -> ParamKind {
         self.entries[id.0].kind
     }
 
+    /// The current value of `id`, shared (clone the `Rc` to keep it without copying). `id` must come from
+    /// this store (an out-of-range id panics).
     pub fn value(&self, id: ParamId) -> &Rc<Tensor> {
         &self.entries[id.0].value
     }
@@ -275,6 +285,7 @@ pub struct Bound<'t> {
 }
 
 impl<'t> Bound<'t> {
+    /// The tape the store was bound to; layers record their ops on it.
     pub fn tape(&self) -> &'t Tape {
         self.tape
     }

@@ -45,7 +45,9 @@ impl Reduction {
 /// to the differentiable input (its shape), already multiplied by the upstream gradient.
 #[derive(Debug)]
 pub struct LossAndGrad {
+    /// The reduced loss, shape `[]`, in the input's dtype.
     pub loss: Tensor,
+    /// d loss / d input times the upstream gradient, shaped like the input.
     pub grad: Tensor,
 }
 

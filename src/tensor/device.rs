@@ -6,11 +6,14 @@ use std::fmt;
 /// A compute device: the host CPU or one CUDA device (a context and the stream detkd launches on).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Device {
+    /// The host; ops run synchronously on the CPU reference kernels. Displays as `cpu`.
     Cpu,
+    /// One CUDA device and the stream detkd launches on. Displays as `cuda:<ordinal>`.
     Cuda(CudaDevice),
 }
 
 impl Device {
+    /// Whether this is [`Device::Cpu`].
     pub fn is_cpu(&self) -> bool {
         matches!(self, Device::Cpu)
     }
@@ -82,6 +85,7 @@ mod with_cuda {
             }
         }
 
+        /// The CUDA device index, as in `cuda:0` (counted among the devices visible to this process).
         pub fn ordinal(&self) -> usize {
             self.inner.stream.context().ordinal()
         }
@@ -91,10 +95,12 @@ mod with_cuda {
             &self.inner.name
         }
 
+        /// The cudarc context of the device.
         pub fn context(&self) -> &Arc<CudaContext> {
             self.inner.stream.context()
         }
 
+        /// The stream every detkd launch and copy on this device is queued on.
         pub fn stream(&self) -> &Arc<CudaStream> {
             &self.inner.stream
         }
@@ -129,10 +135,12 @@ mod without_cuda {
     }
 
     impl CudaDevice {
+        /// The CUDA device index; never callable without the `cuda` feature.
         pub fn ordinal(&self) -> usize {
             match self.never {}
         }
 
+        /// The device's name; never callable without the `cuda` feature.
         pub fn name(&self) -> &str {
             match self.never {}
         }

@@ -7,9 +7,13 @@ use std::fmt;
 /// The storage type of a tensor's elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit IEEE float (PyTorch's `float32`); the usual storage type, and the compute type of halves.
     F32,
+    /// 64-bit IEEE float (PyTorch's `float64`); host only, for gradchecks and references.
     F64,
+    /// 16-bit IEEE half (PyTorch's `float16`); storage only, computed in f32.
     F16,
+    /// bfloat16 (PyTorch's `bfloat16`); storage only, computed in f32.
     BF16,
     /// Integer labels and indices (PyTorch's `long`).
     I64,
@@ -64,10 +68,15 @@ impl DType {
 
 /// A Rust type that can be a tensor element.
 pub trait Element: bytemuck::Pod + Copy + Send + Sync + fmt::Debug + PartialEq + 'static {
+    /// The [`DType`] tag of this type.
     const DTYPE: DType;
+    /// Widens to f64 (exact for every supported type except i64 beyond ±2⁵³).
     fn to_f64(self) -> f64;
+    /// Converts from f64: rounds to nearest for floats, truncates toward zero (saturating) for i64.
     fn from_f64(v: f64) -> Self;
+    /// Converts to f32, the compute type of half storage (rounds f64 and large i64 to nearest).
     fn to_f32(self) -> f32;
+    /// Converts from f32: exact for f32/f64, rounds to nearest for halves, truncates toward zero for i64.
     fn from_f32(v: f32) -> Self;
 }
 

@@ -13,7 +13,9 @@ use std::path::Path;
 /// Tensors by name plus the file's `__metadata__` map.
 #[derive(Debug, Default)]
 pub struct NamedTensors {
+    /// The tensors by their names in the file (e.g. `backbone.conv1.weight`), sorted by name; host tensors.
     pub tensors: BTreeMap<String, Tensor>,
+    /// The file's `__metadata__` string map (empty when the file has none).
     pub metadata: BTreeMap<String, String>,
 }
 

@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 /// Where a tensor's elements are.
 #[derive(Debug)]
 pub enum Storage {
+    /// A host buffer.
     Cpu(CpuStorage),
+    /// A buffer on a CUDA device (only with the `cuda` feature).
     #[cfg(feature = "cuda")]
     Cuda(CudaStorage),
 }
@@ -51,6 +53,8 @@ impl Tensor {
         Tensor::from_cpu_storage(T::wrap(data), shape)
     }
 
+    /// A host tensor over `storage`, which must hold exactly `shape.iter().product()` elements; the dtype is
+    /// the storage's.
     pub fn from_cpu_storage(storage: CpuStorage, shape: &[usize]) -> Result<Tensor> {
         let n = element_count(shape)?;
         if storage.len() != n {
@@ -108,18 +112,22 @@ impl Tensor {
         })
     }
 
+    /// The extent of each dimension, outermost first (row-major; `[]` for a scalar).
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// Number of dimensions (0 for a scalar).
     pub fn rank(&self) -> usize {
         self.shape.len()
     }
 
+    /// Number of elements: the product of the shape (1 for a scalar, 0 if any extent is 0).
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 
+    /// The element type of the storage.
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::Cpu(s) => s.dtype(),
@@ -128,6 +136,7 @@ impl Tensor {
         }
     }
 
+    /// Where the elements are: [`Device::Cpu`], or the CUDA device (a cheap handle clone) holding them.
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::Cpu(_) => Device::Cpu,
@@ -136,6 +145,7 @@ impl Tensor {
         }
     }
 
+    /// The underlying buffer, host or device.
     pub fn storage(&self) -> &Storage {
         &self.storage
     }

@@ -6,10 +6,15 @@ use half::{bf16, f16};
 /// Host storage, one variant per dtype.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CpuStorage {
+    /// [`DType::F32`] elements.
     F32(Vec<f32>),
+    /// [`DType::F64`] elements (host only; used by gradchecks).
     F64(Vec<f64>),
+    /// [`DType::F16`] elements (IEEE half precision).
     F16(Vec<f16>),
+    /// [`DType::BF16`] elements (bfloat16).
     BF16(Vec<bf16>),
+    /// [`DType::I64`] elements (labels and indices).
     I64(Vec<i64>),
 }
 
@@ -28,6 +33,7 @@ macro_rules! with_cpu_storage {
 pub(crate) use with_cpu_storage;
 
 impl CpuStorage {
+    /// The dtype of the held vector.
     pub fn dtype(&self) -> DType {
         match self {
             CpuStorage::F32(_) => DType::F32,
@@ -38,14 +44,17 @@ impl CpuStorage {
         }
     }
 
+    /// Number of elements held.
     pub fn len(&self) -> usize {
         with_cpu_storage!(self, v => v.len())
     }
 
+    /// Whether no elements are held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// `len` zeros of `dtype`.
     pub fn zeros(dtype: DType, len: usize) -> Self {
         match dtype {
             DType::F32 => CpuStorage::F32(vec![0.0; len]),
@@ -71,8 +80,11 @@ impl CpuStorage {
 
 /// Moves typed vectors in and out of [`CpuStorage`] without runtime dtype dispatch at the call site.
 pub trait HostElement: Element {
+    /// Moves `data` into the [`CpuStorage`] variant of this type (no copy).
     fn wrap(data: Vec<Self>) -> CpuStorage;
+    /// The elements, if `storage` holds this type; `None` for any other dtype (no conversion).
     fn slice(storage: &CpuStorage) -> Option<&[Self]>;
+    /// The elements, mutably, if `storage` holds this type; `None` for any other dtype.
     fn slice_mut(storage: &mut CpuStorage) -> Option<&mut [Self]>;
 }
 
@@ -115,20 +127,27 @@ mod cuda_storage {
     /// Device storage: the buffer and the device (stream) it belongs to.
     #[derive(Debug)]
     pub struct CudaStorage {
+        /// The device whose stream owns `data`; every launch on the buffer is ordered on that stream.
         pub device: CudaDevice,
+        /// The typed buffer; may be longer than the tensor (an empty tensor keeps a one-element buffer).
         pub data: CudaData,
     }
 
     /// Device buffers, one variant per dtype the kernels support (f64 stays on the host).
     #[derive(Debug)]
     pub enum CudaData {
+        /// [`DType::F32`] elements.
         F32(CudaSlice<f32>),
+        /// [`DType::F16`] elements.
         F16(CudaSlice<f16>),
+        /// [`DType::BF16`] elements.
         BF16(CudaSlice<bf16>),
+        /// [`DType::I64`] elements (labels and indices).
         I64(CudaSlice<i64>),
     }
 
     impl CudaData {
+        /// The dtype of the held buffer.
         pub fn dtype(&self) -> DType {
             match self {
                 CudaData::F32(_) => DType::F32,
@@ -145,8 +164,11 @@ mod cuda_storage {
     {
         /// The suffix of this dtype's kernel instantiations (`roi_align_forward_f32`, ...).
         const KERNEL_SUFFIX: &'static str;
+        /// Moves a device buffer into the [`CudaData`] variant of this type (no copy).
         fn wrap_device(data: CudaSlice<Self>) -> CudaData;
+        /// The buffer, if `data` holds this type; `None` for any other dtype.
         fn device_slice(data: &CudaData) -> Option<&CudaSlice<Self>>;
+        /// The buffer, mutably, if `data` holds this type; `None` for any other dtype.
         fn device_slice_mut(data: &mut CudaData) -> Option<&mut CudaSlice<Self>>;
         /// Takes the buffer out if `data` holds this dtype, else hands `data` back.
         fn into_device_slice(data: CudaData) -> Result<CudaSlice<Self>, CudaData>;

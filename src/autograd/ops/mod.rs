@@ -3,7 +3,7 @@
 //! records the output, and captures what its backward needs by sharing the input values (`Rc`, no copies).
 //!
 //! Conventions, the same for every op:
-//! - every tensor argument is a [`Var`](super::Var): targets, labels, weights and teacher tensors are
+//! - every tensor argument is a [`Var`]: targets, labels, weights and teacher tensors are
 //!   recorded with [`Tape::constant`](super::Tape::constant);
 //! - arguments documented as *constant* (labels, boxes, targets, weights, the teacher side of a KD loss)
 //!   never receive a gradient, even when they were computed from leaves: the op treats them as detached,

@@ -7,7 +7,9 @@ use std::rc::Rc;
 /// The updated running statistics of a training-mode [`Tape::batch_norm_train`], for the caller to store.
 #[derive(Debug)]
 pub struct UpdatedRunningStats {
+    /// The new `running_mean`, `[C]`, in the input's dtype and on its device.
     pub mean: Tensor,
+    /// The new `running_var` (momentum-blended with the batch's unbiased variance), `[C]`, like `mean`.
     pub var: Tensor,
 }
 

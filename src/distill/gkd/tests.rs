@@ -1,32 +1,10 @@
 use super::pgm::{densities, gap_crop};
 use super::*;
 use crate::autograd::{tape_gradcheck, GradcheckOptions};
+use crate::distill::test_support::{on_tape, t, vals};
 use crate::distill::ImageTargets;
 use crate::nn::ParamStore;
 use crate::Device;
-
-fn t(v: Vec<f64>, shape: &[usize]) -> Tensor {
-    Tensor::from_vec(v, shape).unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f64>().unwrap()
-}
-
-/// `values` recorded on `tape`, as leaves or as constants.
-fn on_tape(tape: &Tape, values: &[Tensor], leaves: bool) -> Vec<Var> {
-    values
-        .iter()
-        .map(|x| {
-            let x = x.try_clone().unwrap();
-            if leaves {
-                tape.leaf(x)
-            } else {
-                tape.constant(x)
-            }
-        })
-        .collect()
-}
 
 fn shape(fpn: usize, classes: usize) -> DetectorShape {
     DetectorShape {

@@ -87,6 +87,7 @@ pub enum KlNormalizer {
 }
 
 impl KlNormalizer {
+    /// `bins_mean` or `bins_sum`, as in configs and parity files.
     pub fn name(self) -> &'static str {
         match self {
             KlNormalizer::MeanOverBins => "bins_mean",
@@ -118,6 +119,7 @@ pub struct KdKlConfig {
     pub temperature: f64,
     /// `c`: divide the per-row KL sum by the bin count (mmdet) or not.
     pub normalizer: KlNormalizer,
+    /// How the per-row losses are reduced; `Mean` divides by the rows, or by `avg_factor + ε` when given.
     pub reduction: Reduction,
     /// Multiplies the (reduced) loss and its gradient; finite.
     pub loss_weight: f64,
@@ -151,6 +153,7 @@ impl KdKlConfig {
 pub struct DflConfig {
     /// `n`: the logits have `n + 1` bins and targets must lie in `[0, n)`. GFL: 16 ([`GFL_REG_MAX`]).
     pub reg_max: usize,
+    /// How the per-row losses are reduced; `Mean` divides by the rows, or by `avg_factor + ε` when given.
     pub reduction: Reduction,
     /// Multiplies the (reduced) loss and its gradient; finite.
     pub loss_weight: f64,
@@ -197,7 +200,9 @@ impl Default for IntegralConfig {
 /// device as the logits; constants, no gradient) and an optional `avg_factor` (finite, ≥ 0) for the mean.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LossWeighting<'a> {
+    /// Per-row weights `[R]`, multiplied into each row's loss before the reduction.
     pub weight: Option<&'a Tensor>,
+    /// Replaces the row count as the divisor of `Reduction::Mean` (mmdet divides by `avg_factor + ε`).
     pub avg_factor: Option<f64>,
 }
 
@@ -208,6 +213,7 @@ impl<'a> LossWeighting<'a> {
         avg_factor: None,
     };
 
+    /// Weights and `avg_factor` as given.
     pub fn new(weight: Option<&'a Tensor>, avg_factor: Option<f64>) -> Self {
         LossWeighting { weight, avg_factor }
     }

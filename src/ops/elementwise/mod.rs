@@ -452,13 +452,21 @@ pub fn full(shape: &[usize], value: f64, dtype: DType, device: &Device) -> Resul
 /// A unary function (see the table in the module docs for its derivative and what its backward reads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
+    /// `−x`.
     Neg,
+    /// `max(x, 0)` (NaN stays NaN); the gradient at 0 is 0, as PyTorch's.
     Relu,
+    /// `1 / (1 + e^−x)`, computed without overflow for large `|x|`.
     Sigmoid,
+    /// `e^x`.
     Exp,
+    /// Natural logarithm; `−inf` at 0 and NaN below, as PyTorch's.
     Log,
+    /// Square root; NaN below 0.
     Sqrt,
+    /// `x²`.
     Square,
+    /// `|x|`; the gradient at 0 is 0 (`sign(0)`), as PyTorch's.
     Abs,
 }
 

@@ -86,7 +86,9 @@ pub struct NodeConvInputs<'a> {
 /// The gradients of [`glore_node_conv_backward`], each shaped like its input, in the inputs' dtype.
 #[derive(Debug)]
 pub struct NodeConvGrads {
+    /// d loss / d `Z`, the projected node features.
     pub z: Tensor,
+    /// d loss / d `A`, the node adjacency (the node conv's learnable weight).
     pub adjacency: Tensor,
     /// Present iff the forward had a bias.
     pub bias: Option<Tensor>,

@@ -133,13 +133,16 @@ pub struct GraphConvSaved {
 pub struct GraphConvOutput {
     /// `Y = Â X W + b`, `[m, Dout]` or `[B, m, Dout]`, in the inputs' dtype.
     pub output: Tensor,
+    /// What [`graph_conv_backward`] needs from the forward.
     pub saved: GraphConvSaved,
 }
 
 /// The gradients of [`graph_conv_backward`], each in the inputs' dtype and shaped like its input.
 #[derive(Debug)]
 pub struct GraphConvGrads {
+    /// d loss / d `X`.
     pub x: Tensor,
+    /// d loss / d `W`, `[Din, Dout]`.
     pub weight: Tensor,
     /// Present iff the forward had a bias.
     pub bias: Option<Tensor>,

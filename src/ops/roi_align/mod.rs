@@ -76,6 +76,7 @@ pub enum LevelRule {
 }
 
 impl LevelRule {
+    /// `detectron2` or `mmdet`, as in configs and parity files.
     pub fn name(self) -> &'static str {
         match self {
             LevelRule::Detectron2 => "detectron2",
@@ -83,6 +84,7 @@ impl LevelRule {
         }
     }
 
+    /// Parses the names printed by [`LevelRule::name`].
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "detectron2" => Some(LevelRule::Detectron2),
@@ -111,7 +113,9 @@ impl LevelRule {
 /// The FPN levels of a multi-level RoIAlign: one spatial scale per feature map (finest first) and the rule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FpnLevels {
+    /// `1 / stride` of each feature map, finest first (e.g. `[1/4, 1/8, 1/16, 1/32]` for P2–P5).
     pub spatial_scales: Vec<f64>,
+    /// How a RoI's size picks its level.
     pub rule: LevelRule,
 }
 
