@@ -117,6 +117,10 @@ done < <(executables "$work/bins.json" false)
 
 compgen -G "$pack/bin/tests/*" >/dev/null || die "cargo reported no test binaries"
 
+# The PyTorch/torchvision peers of the benches, run after them on the same machine.
+mkdir -p "$pack/peer"
+cp bench/peer/bench_peer.py "$pack/peer/"
+
 # What built the pack, for bench/RESULTS.md and for telling two packs apart.
 {
   echo "commit:  $(git rev-parse HEAD 2>/dev/null || echo 'none yet')$([[ -n "$(git status --porcelain 2>/dev/null)" ]] && echo ' (dirty)')"
@@ -130,11 +134,11 @@ compgen -G "$pack/bin/tests/*" >/dev/null || die "cargo reported no test binarie
 cat >"$pack/run.sh" <<'RUN_SH'
 #!/usr/bin/env bash
 # Runs the detkd binaries packed by scripts/pack-gpu.sh on a GPU machine (NVIDIA driver,
-# Python/PyTorch, no Rust): every test binary, then every bench binary; prints a summary and exits
-# non-zero if anything failed.
+# Python/PyTorch, no Rust): every test binary, then every bench binary and the PyTorch peers
+# (peer/bench_peer.py, same shapes, same run); prints a summary and exits non-zero on a failure.
 #
 # Usage: bash run.sh [--no-bench] [--sanitizer TOOL] [--timeout SECS] [-- TEST_ARGS...]
-#   --no-bench        test binaries only
+#   --no-bench        test binaries only (no criterion benches, no PyTorch peer comparison)
 #   --sanitizer TOOL  run the test binaries under `compute-sanitizer --tool TOOL --error-exitcode 1`
 #                     (memcheck, racecheck, initcheck, synccheck); benches are skipped then
 #   --timeout SECS    stop any one binary after SECS seconds (counts as failed)
@@ -309,6 +313,19 @@ if ((run_bench)); then
     "${wrapper[@]}" "$bin" --bench --warm-up-time 1 --measurement-time 3 2>&1 | tee "$log"
     record "$name" bench "$log" "${PIPESTATUS[0]}"
   done
+
+  # The same shapes in PyTorch/torchvision, in this run, next to the medians the benches just wrote.
+  echo
+  echo "---- peer (PyTorch)"
+  peer_log="$logs/peer.log"
+  if python3 -c "import torch" >/dev/null 2>&1; then
+    "${wrapper[@]}" python3 "$here/peer/bench_peer.py" --criterion "$CRITERION_HOME" --out "$logs/peer.md" 2>&1 |
+      tee "$peer_log"
+    record peer bench "$peer_log" "${PIPESTATUS[0]}"
+  else
+    echo "python3 cannot import torch: peer comparison not run" | tee "$peer_log"
+    record peer bench "$peer_log" 1
+  fi
 fi
 
 {
