@@ -1,6 +1,8 @@
 //! Helpers for checking numerics: a small seeded RNG and tensor comparisons with the tolerance convention
 //! used throughout detkd's tests (error relative to the reference tensor's largest magnitude).
 
+use crate::tensor::{DType, Device, Tensor};
+
 /// SplitMix64: tiny, seeded, reproducible; good enough for test inputs (not for cryptography).
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -74,6 +76,47 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
         got.len(),
         want.len()
     );
+}
+
+/// CUDA-vs-CPU tolerances of the parity tests: (dtype, forward, backward), relative to the reference's largest
+/// magnitude, against the f64 CPU reference evaluated on the same rounded inputs.
+pub const TOLERANCES: [(DType, f64, f64); 3] = [
+    (DType::F32, 1e-5, 1e-4),
+    (DType::F16, 1e-2, 1e-2),
+    (DType::BF16, 1e-2, 2e-2),
+];
+
+/// A CPU tensor of `data` with `shape`, rounded once to `dtype`. Panics on a size mismatch (test inputs).
+pub fn host(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::from_vec(data.to_vec(), shape)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+/// `t` converted to f64 (same device).
+pub fn f64_of(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::F64).unwrap()
+}
+
+/// The values of `t` as f64.
+pub fn vals(t: &Tensor) -> Vec<f64> {
+    t.to_vec::<f64>().unwrap()
+}
+
+/// A tensor on `device` filled with NaN (floats) or `i64::MIN` (indices), so that elements a kernel fails to
+/// write show up in the comparison.
+pub fn poisoned(shape: &[usize], dtype: DType, device: &Device) -> Tensor {
+    let n = shape.iter().product();
+    let host = if dtype == DType::I64 {
+        Tensor::from_vec(vec![i64::MIN; n], shape).unwrap()
+    } else {
+        Tensor::from_vec(vec![f64::NAN; n], shape)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    };
+    host.to_device(device).unwrap()
 }
 
 #[cfg(test)]

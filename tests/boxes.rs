@@ -11,6 +11,7 @@ use detkd::ops::boxes::{
 };
 use detkd::tensor::io::{self, NamedTensors};
 use detkd::testing::{assert_close, Rng};
+use detkd::testing::{host, vals};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).
@@ -49,10 +50,6 @@ const FIXTURES: [(&str, &[u8]); 24] = fixtures![
 fn fixture(name: &str) -> NamedTensors {
     let bytes = FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1;
     io::from_bytes(bytes).unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f64>().unwrap()
 }
 
 /// Compares `got` with `want` at `tol`; NaN must sit exactly where the peer has NaN (a mean over nothing).
@@ -286,13 +283,6 @@ fn parity_rejects_bad_metadata() {
 
 // ---------------------------------------------------------------------------------------------------------
 // CUDA vs CPU
-
-fn host(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::from_vec(data.to_vec(), shape)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
 
 fn wide(t: &Tensor) -> Tensor {
     t.to_dtype(DType::F64).unwrap()

@@ -10,6 +10,7 @@ use detkd::ops::dist_kl::{
     KdKlConfig, KlNormalizer, LossWeighting, Reduction,
 };
 use detkd::tensor::io::{self, NamedTensors};
+use detkd::testing::host;
 use detkd::testing::{assert_close, Rng};
 use detkd::{DType, Device, Tensor};
 
@@ -234,13 +235,6 @@ fn parity_rejects_bad_metadata() {
 
 // ---------------------------------------------------------------------------------------------------------
 // CUDA vs CPU
-
-fn host(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::from_vec(data.to_vec(), shape)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
 
 fn wide(t: &Tensor) -> Tensor {
     t.to_device(&Device::Cpu)

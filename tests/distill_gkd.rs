@@ -9,6 +9,7 @@ use detkd::distill::gkd::{
 use detkd::distill::{DenseAssignment, DetectorShape, ImageTargets, MethodGradients, StepContext};
 use detkd::nn::ParamStore;
 use detkd::tensor::io::{self, NamedTensors};
+use detkd::testing::vals;
 use detkd::testing::{assert_close, Rng};
 use detkd::{DType, Device, Tensor};
 
@@ -32,10 +33,6 @@ const FIXTURES: [(&str, &[u8]); 9] = fixtures![
 fn fixture(name: &str) -> NamedTensors {
     let bytes = FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1;
     io::from_bytes(bytes).unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f64>().unwrap()
 }
 
 /// Runs the fixture with `dtype` on `device` and compares every result with PyTorch's.

@@ -6,6 +6,7 @@ use detkd::distill::hgd::{HgdConfig, HgdDistiller, HgdInputs};
 use detkd::distill::{DetectorShape, ImageTargets, MethodGradients};
 use detkd::nn::ParamStore;
 use detkd::tensor::io::{self, NamedTensors};
+use detkd::testing::vals;
 use detkd::testing::{assert_close, Rng};
 use detkd::{DType, Device, Tensor};
 
@@ -25,10 +26,6 @@ const FIXTURES: [(&str, &[u8]); 5] = fixtures![
 fn fixture(name: &str) -> NamedTensors {
     let bytes = FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1;
     io::from_bytes(bytes).unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f64>().unwrap()
 }
 
 fn check_fixture(name: &str, bytes: &[u8], dtype: DType, device: &Device, tol: f64) {

@@ -10,6 +10,7 @@ use detkd::ops::focal::{
 };
 use detkd::tensor::io::{self, NamedTensors};
 use detkd::testing::{assert_close, Rng};
+use detkd::testing::{host, vals};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).
@@ -192,17 +193,6 @@ fn parity_rejects_bad_metadata() {
 
 // ---------------------------------------------------------------------------------------------------------
 // CUDA vs CPU
-
-fn host(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::from_vec(data.to_vec(), shape)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f64>().unwrap()
-}
 
 /// A random problem for all three forms: logits with a spread of magnitudes, binary and soft targets,
 /// labels with ~1/3 background, IoU scores, per-class and per-anchor weights.

@@ -8,6 +8,7 @@ use detkd::ops::graph_conv::{
     normalized_adjacency, normalized_adjacency_backward, GraphConvInputs, NodeConvInputs,
 };
 use detkd::tensor::io::{self, NamedTensors};
+use detkd::testing::host;
 use detkd::testing::{assert_close, Rng};
 use detkd::{DType, Device, Tensor};
 
@@ -149,13 +150,6 @@ fn parity_rejects_bad_metadata_and_missing_tensors() {
 
 // ---------------------------------------------------------------------------------------------------------
 // CUDA vs CPU
-
-fn host(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::from_vec(data.to_vec(), shape)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
 
 fn values(t: &Tensor) -> Vec<f64> {
     t.to_vec::<f64>().unwrap()

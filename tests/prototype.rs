@@ -10,6 +10,7 @@ use detkd::ops::prototype::{
 use detkd::ops::similarity::{cosine_cross, CosineConfig};
 use detkd::tensor::io::{self, NamedTensors};
 use detkd::testing::{assert_close, Rng};
+use detkd::testing::{f64_of, host, poisoned, vals, TOLERANCES};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).
@@ -42,10 +43,6 @@ const FIXTURES: [(&str, &[u8]); 18] = fixtures![
 fn fixture(name: &str) -> NamedTensors {
     let bytes = FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1;
     io::from_bytes(bytes).unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f64>().unwrap()
 }
 
 /// `got` against `want` where NaN marks "no prototype": NaN exactly where `want` is NaN, and elsewhere
@@ -259,38 +256,14 @@ fn parity_rejects_bad_metadata_and_inputs() {
 // ---------------------------------------------------------------------------------------------------------
 // CUDA vs CPU
 
-fn host(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::from_vec(data.to_vec(), shape)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-fn f64_of(t: &Tensor) -> Tensor {
-    t.to_dtype(DType::F64).unwrap()
-}
-
 fn labels(v: &[i64]) -> Tensor {
     Tensor::from_vec(v.to_vec(), &[v.len()]).unwrap()
-}
-
-/// A NaN-filled `[shape]` tensor of `dtype` on `device`, so elements a kernel fails to write show up.
-fn poisoned(shape: &[usize], dtype: DType, device: &Device) -> Tensor {
-    host(&vec![f64::NAN; shape.iter().product()], shape, dtype)
-        .to_device(device)
-        .unwrap()
 }
 
 /// An i64 `[n]` tensor of a value no kernel writes, on `device`.
 fn poisoned_index(n: usize, device: &Device) -> Tensor {
     labels(&vec![i64::MIN + 7; n]).to_device(device).unwrap()
 }
-
-const TOLERANCES: [(DType, f64, f64); 3] = [
-    (DType::F32, 1e-5, 1e-4),
-    (DType::F16, 1e-2, 1e-2),
-    (DType::BF16, 1e-2, 2e-2),
-];
 
 const OUTPUTS: [AssignmentOutput; 2] = [
     AssignmentOutput::Probabilities,

@@ -9,6 +9,7 @@ use detkd::ops::reduce::{
 };
 use detkd::tensor::io;
 use detkd::testing::{assert_close, Rng};
+use detkd::testing::{f64_of, host, poisoned, vals, TOLERANCES};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).
@@ -155,36 +156,9 @@ fn parity_rejects_bad_metadata() {
 // ---------------------------------------------------------------------------------------------------------
 // CUDA vs CPU
 
-fn host(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::from_vec(data.to_vec(), shape)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-fn f64_of(t: &Tensor) -> Tensor {
-    t.to_dtype(DType::F64).unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f64>().unwrap()
-}
-
 fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
-
-fn poisoned(shape: &[usize], dtype: DType, device: &Device) -> Tensor {
-    host(&vec![f64::NAN; numel(shape)], shape, dtype)
-        .to_device(device)
-        .unwrap()
-}
-
-const TOLERANCES: [(DType, f64, f64); 3] = [
-    (DType::F32, 1e-5, 1e-4),
-    (DType::F16, 1e-2, 1e-2),
-    (DType::BF16, 1e-2, 2e-2),
-];
 
 #[test]
 fn cuda_full_reductions_match_cpu() {

@@ -7,6 +7,7 @@ use detkd::ops::roi_align::{
     roi_align_multilevel_backward, FpnLevels, LevelRule, RoiAlignConfig,
 };
 use detkd::tensor::io::{self, NamedTensors};
+use detkd::testing::host;
 use detkd::testing::{assert_close, Rng};
 use detkd::{DType, Device, Tensor};
 
@@ -199,13 +200,6 @@ fn random_problem(seed: u64) -> Problem {
         cfg,
         scale,
     }
-}
-
-fn host(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::from_vec(data.to_vec(), shape)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
 }
 
 #[test]

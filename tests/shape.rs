@@ -9,6 +9,7 @@ use detkd::ops::shape::{
 };
 use detkd::tensor::{io, CpuStorage};
 use detkd::testing::{assert_close, Rng};
+use detkd::testing::{poisoned, vals};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).
@@ -46,10 +47,6 @@ fn bits(t: &Tensor) -> Vec<u64> {
         CpuStorage::BF16(v) => v.iter().map(|x| x.to_bits() as u64).collect(),
         CpuStorage::I64(v) => v.iter().map(|&x| x as u64).collect(),
     }
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f64>().unwrap()
 }
 
 /// Runs the fixture's op with `dtype` on `device` and compares every result with PyTorch's: moved data
@@ -288,21 +285,6 @@ fn random_tensor(rng: &mut Rng, shape: &[usize], dtype: DType) -> Tensor {
         .unwrap()
         .to_dtype(dtype)
         .unwrap()
-}
-
-/// A `shape` tensor of `dtype` on `device` filled with NaN (i64: `i64::MIN`), so elements a kernel fails
-/// to write show up.
-fn poisoned(shape: &[usize], dtype: DType, device: &Device) -> Tensor {
-    let n = shape.iter().product();
-    let host = if dtype == DType::I64 {
-        Tensor::from_vec(vec![i64::MIN; n], shape).unwrap()
-    } else {
-        Tensor::from_vec(vec![f64::NAN; n], shape)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap()
-    };
-    host.to_device(device).unwrap()
 }
 
 fn random_perm(rng: &mut Rng, rank: usize) -> Vec<usize> {

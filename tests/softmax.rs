@@ -8,6 +8,7 @@ use detkd::ops::softmax::{
 };
 use detkd::tensor::io;
 use detkd::testing::{assert_close, Rng};
+use detkd::testing::{f64_of, host, poisoned, vals, TOLERANCES};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).
@@ -114,33 +115,6 @@ fn parity_rejects_a_bad_temperature() {
 
 // ---------------------------------------------------------------------------------------------------------
 // CUDA vs CPU
-
-fn host(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::from_vec(data.to_vec(), shape)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-fn f64_of(t: &Tensor) -> Tensor {
-    t.to_dtype(DType::F64).unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_vec::<f64>().unwrap()
-}
-
-fn poisoned(shape: &[usize], dtype: DType, device: &Device) -> Tensor {
-    host(&vec![f64::NAN; shape.iter().product()], shape, dtype)
-        .to_device(device)
-        .unwrap()
-}
-
-const TOLERANCES: [(DType, f64, f64); 3] = [
-    (DType::F32, 1e-5, 1e-4),
-    (DType::F16, 1e-2, 1e-2),
-    (DType::BF16, 1e-2, 2e-2),
-];
 
 #[test]
 fn cuda_softmax_matches_cpu_on_random_shapes() {
