@@ -639,7 +639,7 @@ impl DsigDistiller {
         Ok(out)
     }
 
-    /// Validates the inputs against each other and the method; returns `(batch, [(H_l, W_l)])`.
+    /// Validates the inputs against each other and the method; returns the batch size.
     fn check(&self, tape: &Tape, x: &DsigInputs<'_>) -> Result<usize> {
         let batch = super::check_fpn_pair(
             tape,
