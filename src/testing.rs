@@ -78,6 +78,21 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     );
 }
 
+/// [`assert_close`] for results that may hold NaN (a mean over nothing): NaN must sit exactly where the
+/// reference has NaN, and the other entries must agree within `tol`.
+pub fn assert_close_nan(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.is_nan(), w.is_nan(), "{what}[{i}]: got {g}, want {w}");
+    }
+    let finite = |v: &[f64]| -> Vec<f64> {
+        v.iter()
+            .map(|x| if x.is_nan() { 0.0 } else { *x })
+            .collect()
+    };
+    assert_close(what, &finite(got), &finite(want), tol);
+}
+
 /// CUDA-vs-CPU tolerances of the parity tests: (dtype, forward, backward), relative to the reference's largest
 /// magnitude, against the f64 CPU reference evaluated on the same rounded inputs.
 pub const TOLERANCES: [(DType, f64, f64); 3] = [

@@ -4,8 +4,7 @@
 
 use detkd::ops::conv2d::{conv2d, conv2d_backward, conv2d_into, Conv2dConfig, Conv2dGradsWanted};
 use detkd::tensor::io;
-use detkd::testing::{assert_close, Rng};
-use detkd::testing::{f64_of, host, poisoned, vals, TOLERANCES};
+use detkd::testing::{assert_close, f64_of, host, poisoned, vals, Rng, TOLERANCES};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).

@@ -10,8 +10,7 @@ use detkd::ops::dist_kl::{
     KdKlConfig, KlNormalizer, LossWeighting, Reduction,
 };
 use detkd::tensor::io::{self, NamedTensors};
-use detkd::testing::host;
-use detkd::testing::{assert_close, Rng};
+use detkd::testing::{assert_close, host, Rng};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).

@@ -9,8 +9,7 @@ use detkd::distill::gkd::{
 use detkd::distill::{DenseAssignment, DetectorShape, ImageTargets, MethodGradients, StepContext};
 use detkd::nn::ParamStore;
 use detkd::tensor::io::{self, NamedTensors};
-use detkd::testing::vals;
-use detkd::testing::{assert_close, Rng};
+use detkd::testing::{assert_close, vals, Rng};
 use detkd::{DType, Device, Tensor};
 
 macro_rules! fixtures {

@@ -6,8 +6,7 @@ use detkd::distill::hgd::{HgdConfig, HgdDistiller, HgdInputs};
 use detkd::distill::{DetectorShape, ImageTargets, MethodGradients};
 use detkd::nn::ParamStore;
 use detkd::tensor::io::{self, NamedTensors};
-use detkd::testing::vals;
-use detkd::testing::{assert_close, Rng};
+use detkd::testing::{assert_close, vals, Rng};
 use detkd::{DType, Device, Tensor};
 
 macro_rules! fixtures {

@@ -8,8 +8,7 @@ use detkd::ops::elementwise::{
     BinaryOp, UnaryOp,
 };
 use detkd::tensor::io;
-use detkd::testing::{assert_close, Rng};
-use detkd::testing::{f64_of, host, poisoned, vals, TOLERANCES};
+use detkd::testing::{assert_close, f64_of, host, poisoned, vals, Rng, TOLERANCES};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).

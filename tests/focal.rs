@@ -9,8 +9,7 @@ use detkd::ops::focal::{
     QualityFocalConfig, Reduction, SigmoidFocalConfig,
 };
 use detkd::tensor::io::{self, NamedTensors};
-use detkd::testing::{assert_close, Rng};
-use detkd::testing::{host, vals};
+use detkd::testing::{assert_close, assert_close_nan, host, vals, Rng};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).
@@ -50,24 +49,6 @@ const FIXTURES: [(&str, &[u8]); 25] = fixtures![
 fn fixture(name: &str) -> NamedTensors {
     let bytes = FIXTURES.iter().find(|(n, _)| *n == name).unwrap().1;
     io::from_bytes(bytes).unwrap()
-}
-
-/// Compares `got` with `want` at `tol`; NaN must sit exactly where the peer has NaN (a mean over nothing).
-fn assert_close_nan(what: &str, got: &[f64], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(
-            g.is_nan(),
-            w.is_nan(),
-            "{what}: NaN mismatch at {i} ({g} vs {w})"
-        );
-    }
-    let finite = |v: &[f64]| -> Vec<f64> {
-        v.iter()
-            .map(|x| if x.is_nan() { 0.0 } else { *x })
-            .collect()
-    };
-    assert_close(what, &finite(got), &finite(want), tol);
 }
 
 /// Runs the fixture's op with `dtype` on `device` and compares every result with the peer's: `output`

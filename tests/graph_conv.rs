@@ -8,8 +8,7 @@ use detkd::ops::graph_conv::{
     normalized_adjacency, normalized_adjacency_backward, GraphConvInputs, NodeConvInputs,
 };
 use detkd::tensor::io::{self, NamedTensors};
-use detkd::testing::host;
-use detkd::testing::{assert_close, Rng};
+use detkd::testing::{assert_close, host, Rng};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).

@@ -7,8 +7,7 @@ use detkd::ops::norm::{
     BatchNormConfig, GroupNormConfig, RunningStats, DRKD_BATCH_NORM_EPS,
 };
 use detkd::tensor::io;
-use detkd::testing::{assert_close, Rng};
-use detkd::testing::{f64_of, host, vals, TOLERANCES};
+use detkd::testing::{assert_close, f64_of, host, vals, Rng, TOLERANCES};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).

@@ -9,8 +9,9 @@ use detkd::ops::prototype::{
 };
 use detkd::ops::similarity::{cosine_cross, CosineConfig};
 use detkd::tensor::io::{self, NamedTensors};
-use detkd::testing::{assert_close, Rng};
-use detkd::testing::{f64_of, host, poisoned, vals, TOLERANCES};
+use detkd::testing::{
+    assert_close, assert_close_nan, f64_of, host, poisoned, vals, Rng, TOLERANCES,
+};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).
@@ -48,21 +49,6 @@ fn fixture(name: &str) -> NamedTensors {
 /// `got` against `want` where NaN marks "no prototype": NaN exactly where `want` is NaN, and elsewhere
 /// the relative error (to the largest finite magnitude of `want`) within `tol`.
 #[track_caller]
-fn assert_close_nan(what: &str, got: &[f64], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.is_nan(), w.is_nan(), "{what}[{i}]: got {g}, want {w}");
-    }
-    let keep = |v: &[f64]| -> Vec<f64> {
-        v.iter()
-            .zip(want)
-            .filter(|(_, w)| !w.is_nan())
-            .map(|(g, _)| *g)
-            .collect()
-    };
-    assert_close(what, &keep(got), &keep(want), tol);
-}
-
 /// Runs the fixture's op with `dtype` on `device` and compares every result with PyTorch's.
 fn check_fixture(name: &str, bytes: &[u8], dtype: DType, device: &Device, tol: f64) {
     let mut inputs = io::from_bytes(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -7,8 +7,7 @@ use detkd::ops::roi_align::{
     roi_align_multilevel_backward, FpnLevels, LevelRule, RoiAlignConfig,
 };
 use detkd::tensor::io::{self, NamedTensors};
-use detkd::testing::host;
-use detkd::testing::{assert_close, Rng};
+use detkd::testing::{assert_close, host, Rng};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).

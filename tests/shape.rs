@@ -8,8 +8,7 @@ use detkd::ops::shape::{
     permute_backward, permute_into, split, transpose,
 };
 use detkd::tensor::{io, CpuStorage};
-use detkd::testing::{assert_close, Rng};
-use detkd::testing::{poisoned, vals};
+use detkd::testing::{assert_close, poisoned, vals, Rng};
 use detkd::{DType, Device, Tensor};
 
 /// Every fixture, embedded so the test binary runs anywhere (e.g. carried to a GPU machine).
