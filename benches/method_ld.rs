@@ -15,7 +15,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use detkd::distill::ld::{HeadTensors, LdConfig, LdDistiller};
 use detkd::distill::{Box4, DenseAssignment, ImageTargets};
-use detkd::engine::assign::{anchors, atss_assign, AnchorLevel, AtssConfig, GFL_ANCHOR_SCALE};
+use detkd::engine::assign::{assign_batch, AnchorLevel, AtssConfig, GFL_ANCHOR_SCALE};
 use detkd::testing::Rng;
 use detkd::{DType, Device, Tensor};
 
@@ -40,40 +40,14 @@ fn assignment(
             stride,
         })
         .collect();
-    let (boxes, counts) = anchors(&levels, GFL_ANCHOR_SCALE);
-    let a = boxes.len();
-    let mut out = DenseAssignment {
-        batch: images.len(),
-        anchors_per_image: a,
-        points: boxes
-            .iter()
-            .map(|b| [(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0])
-            .collect(),
-        strides: levels
-            .iter()
-            .zip(&counts)
-            .flat_map(|(l, &n)| std::iter::repeat(l.stride).take(n))
-            .collect(),
-        anchor_boxes: boxes.clone(),
-        ..Default::default()
-    };
-    for (i, gts) in images.iter().enumerate() {
-        let labels: Vec<usize> = (0..gts.len()).map(|g| g % classes).collect();
-        let result = atss_assign(&boxes, &counts, gts, &AtssConfig::default()).unwrap();
-        for (anchor, g) in result.gt_index.iter().enumerate() {
-            if let Some(g) = *g {
-                out.positives.push(i * a + anchor);
-                out.positive_boxes.push(gts[g]);
-                out.positive_labels.push(labels[g]);
-            }
-        }
-        out.images.push(ImageTargets {
+    let targets: Vec<ImageTargets> = images
+        .iter()
+        .map(|gts| ImageTargets {
             boxes: gts.clone(),
-            labels,
-        });
-        out.thresholds.push(result.thresholds);
-    }
-    out
+            labels: (0..gts.len()).map(|g| g % classes).collect(),
+        })
+        .collect();
+    assign_batch(&targets, &levels, GFL_ANCHOR_SCALE, &AtssConfig::default()).unwrap()
 }
 
 fn random_boxes(rng: &mut Rng, n: usize, size: (f64, f64), sides: (f64, f64)) -> Vec<Box4> {

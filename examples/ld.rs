@@ -6,7 +6,7 @@
 
 use detkd::distill::ld::{valuable_region, HeadTensors, LdConfig, LdDistiller};
 use detkd::distill::{Box4, DenseAssignment, ImageTargets};
-use detkd::engine::assign::{anchors, atss_assign, AnchorLevel, AtssConfig, GFL_ANCHOR_SCALE};
+use detkd::engine::assign::{assign_batch, AnchorLevel, AtssConfig, GFL_ANCHOR_SCALE};
 use detkd::testing::Rng;
 use detkd::Tensor;
 
@@ -91,7 +91,8 @@ fn main() -> detkd::Result<()> {
     Ok(())
 }
 
-/// The student's ATSS assignment in the form LD reads (what a trainer's assigner produces).
+/// The student's ATSS assignment in the form LD reads, from the engine's assigner (a trainer with its own
+/// assigner fills [`DenseAssignment`] itself).
 fn assign(
     levels: &[(usize, usize, f64)],
     images: &[(Vec<Box4>, Vec<usize>)],
@@ -104,37 +105,12 @@ fn assign(
             stride,
         })
         .collect();
-    let (boxes, counts) = anchors(&levels, GFL_ANCHOR_SCALE);
-    let a = boxes.len();
-    let mut out = DenseAssignment {
-        batch: images.len(),
-        anchors_per_image: a,
-        points: boxes
-            .iter()
-            .map(|b| [(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0])
-            .collect(),
-        strides: levels
-            .iter()
-            .zip(&counts)
-            .flat_map(|(l, &n)| std::iter::repeat(l.stride).take(n))
-            .collect(),
-        anchor_boxes: boxes.clone(),
-        ..Default::default()
-    };
-    for (i, (gts, labels)) in images.iter().enumerate() {
-        let result = atss_assign(&boxes, &counts, gts, &AtssConfig::default())?;
-        for (anchor, g) in result.gt_index.iter().enumerate() {
-            if let Some(g) = *g {
-                out.positives.push(i * a + anchor);
-                out.positive_boxes.push(gts[g]);
-                out.positive_labels.push(labels[g]);
-            }
-        }
-        out.images.push(ImageTargets {
-            boxes: gts.clone(),
+    let targets: Vec<ImageTargets> = images
+        .iter()
+        .map(|(boxes, labels)| ImageTargets {
+            boxes: boxes.clone(),
             labels: labels.clone(),
-        });
-        out.thresholds.push(result.thresholds);
-    }
-    Ok(out)
+        })
+        .collect();
+    assign_batch(&targets, &levels, GFL_ANCHOR_SCALE, &AtssConfig::default())
 }

@@ -10,7 +10,7 @@ use detkd::distill::ld::{ld_terms, HeadTensors, LdConfig, LdDistiller};
 use detkd::distill::{
     Box4, DenseAssignment, DetectorOutputs, Distiller, ImageTargets, StepContext,
 };
-use detkd::engine::assign::{anchors, atss_assign, AnchorLevel, AtssConfig, GFL_ANCHOR_SCALE};
+use detkd::engine::assign::{assign_batch, AnchorLevel, AtssConfig, GFL_ANCHOR_SCALE};
 use detkd::nn::{BufferUpdates, ParamStore};
 use detkd::tensor::io::{self, NamedTensors};
 use detkd::testing::{assert_close, Rng};
@@ -229,39 +229,14 @@ fn assignment(head: &Head, images: &[(Vec<Box4>, Vec<usize>)]) -> DenseAssignmen
             stride,
         })
         .collect();
-    let (boxes, counts) = anchors(&levels, GFL_ANCHOR_SCALE);
-    let a = boxes.len();
-    let mut out = DenseAssignment {
-        batch: images.len(),
-        anchors_per_image: a,
-        points: boxes
-            .iter()
-            .map(|b| [(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0])
-            .collect(),
-        strides: levels
-            .iter()
-            .zip(&counts)
-            .flat_map(|(l, &n)| std::iter::repeat(l.stride).take(n))
-            .collect(),
-        anchor_boxes: boxes.clone(),
-        ..Default::default()
-    };
-    for (i, (gts, labels)) in images.iter().enumerate() {
-        let result = atss_assign(&boxes, &counts, gts, &AtssConfig::default()).unwrap();
-        for (anchor, g) in result.gt_index.iter().enumerate() {
-            if let Some(g) = *g {
-                out.positives.push(i * a + anchor);
-                out.positive_boxes.push(gts[g]);
-                out.positive_labels.push(labels[g]);
-            }
-        }
-        out.images.push(ImageTargets {
-            boxes: gts.clone(),
+    let targets: Vec<ImageTargets> = images
+        .iter()
+        .map(|(boxes, labels)| ImageTargets {
+            boxes: boxes.clone(),
             labels: labels.clone(),
-        });
-        out.thresholds.push(result.thresholds);
-    }
-    out
+        })
+        .collect();
+    assign_batch(&targets, &levels, GFL_ANCHOR_SCALE, &AtssConfig::default()).unwrap()
 }
 
 /// Random boxes with sides in `[min, max]` px inside a `size` image.

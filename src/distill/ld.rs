@@ -752,7 +752,7 @@ mod tests {
     use crate::autograd::{tape_gradcheck, GradcheckOptions};
     use crate::distill::gfl::{gfl_loss, GflLossConfig};
     use crate::distill::{Box4, ImageTargets};
-    use crate::engine::assign::{anchors, atss_assign, AnchorLevel, AtssConfig, GFL_ANCHOR_SCALE};
+    use crate::engine::assign::{assign_batch, AnchorLevel, AtssConfig, GFL_ANCHOR_SCALE};
     use crate::testing::{assert_close, Rng};
     use std::rc::Rc;
 
@@ -774,40 +774,20 @@ mod tests {
                 stride,
             })
             .collect();
-        let (boxes, counts) = anchors(&levels, GFL_ANCHOR_SCALE / 2.0);
-        let a = boxes.len();
-        let strides: Vec<f64> = levels
+        let targets: Vec<ImageTargets> = images
             .iter()
-            .zip(&counts)
-            .flat_map(|(l, &n)| std::iter::repeat(l.stride).take(n))
-            .collect();
-        let mut out = DenseAssignment {
-            batch: images.len(),
-            anchors_per_image: a,
-            points: boxes
-                .iter()
-                .map(|b| [(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0])
-                .collect(),
-            strides,
-            anchor_boxes: boxes.clone(),
-            ..Default::default()
-        };
-        for (i, (gts, labels)) in images.iter().enumerate() {
-            let result = atss_assign(&boxes, &counts, gts, &AtssConfig::default()).unwrap();
-            for (anchor, g) in result.gt_index.iter().enumerate() {
-                if let Some(g) = *g {
-                    out.positives.push(i * a + anchor);
-                    out.positive_boxes.push(gts[g]);
-                    out.positive_labels.push(labels[g]);
-                }
-            }
-            out.images.push(ImageTargets {
-                boxes: gts.clone(),
+            .map(|(boxes, labels)| ImageTargets {
+                boxes: boxes.clone(),
                 labels: labels.clone(),
-            });
-            out.thresholds.push(result.thresholds);
-        }
-        out
+            })
+            .collect();
+        assign_batch(
+            &targets,
+            &levels,
+            GFL_ANCHOR_SCALE / 2.0,
+            &AtssConfig::default(),
+        )
+        .unwrap()
     }
 
     fn images() -> Vec<(Vec<Box4>, Vec<usize>)> {
