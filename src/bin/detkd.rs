@@ -112,6 +112,13 @@ struct TrainArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     #[command(flatten)]
+    run: RunArgs,
+}
+
+/// What `train` and `distill` share: the data, the schedule overrides, the device and the outputs.
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
     data: DataArgs,
     #[arg(long)]
     epochs: Option<usize>,
@@ -131,6 +138,17 @@ struct TrainArgs {
     metrics: Option<PathBuf>,
 }
 
+impl RunArgs {
+    fn overrides(&self) -> cli::TrainOverrides {
+        cli::TrainOverrides {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+        }
+    }
+}
+
 #[derive(Args)]
 struct DistillArgs {
     /// Teacher checkpoint (frozen, evaluation mode).
@@ -148,21 +166,7 @@ struct DistillArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     #[command(flatten)]
-    data: DataArgs,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long)]
-    seed: Option<u64>,
-    #[arg(long, value_enum, default_value_t = AutoDevice::Auto)]
-    device: AutoDevice,
-    #[arg(short, long)]
-    output: PathBuf,
-    #[arg(long)]
-    metrics: Option<PathBuf>,
+    run: RunArgs,
 }
 
 #[derive(Args)]
@@ -216,14 +220,10 @@ fn run(cli: Cli) -> Result<()> {
             detkd::engine::demo::run_demo(&cfg, &device).map(|_| ())
         }
         Command::Distill(args) => {
-            let device = args.device.resolve()?;
-            let (train_set, val_set) = cli::load_data(&data_source(&args.data))?;
-            let overrides = cli::TrainOverrides {
-                epochs: args.epochs,
-                batch_size: args.batch_size,
-                lr: args.lr,
-                seed: args.seed,
-            };
+            let run = &args.run;
+            let device = run.device.resolve()?;
+            let (train_set, val_set) = cli::load_data(&data_source(&run.data))?;
+            let overrides = run.overrides();
             let job = cli::DistillJob {
                 teacher: &args.teacher,
                 student: args.student.as_deref(),
@@ -232,39 +232,35 @@ fn run(cli: Cli) -> Result<()> {
                 config: args.config.as_deref(),
                 overrides,
             };
-            let mut metrics = cli::MetricsLog::create(args.metrics.as_deref())?;
+            let mut metrics = cli::MetricsLog::create(run.metrics.as_deref())?;
             let outcome = job.run(
                 train_set.as_ref(),
                 val_set.as_ref(),
                 &device,
-                &args.output,
+                &run.output,
                 &mut metrics,
             )?;
             println!(
                 "distilled {} steps in {:.1} s; wrote {}",
                 outcome.summary.iterations,
                 outcome.summary.wall_seconds,
-                args.output.display()
+                run.output.display()
             );
             cli::print_stats(&outcome.stats);
             Ok(())
         }
         Command::Train(args) => {
-            let device = args.device.resolve()?;
-            let (train_set, val_set) = cli::load_data(&data_source(&args.data))?;
-            let overrides = cli::TrainOverrides {
-                epochs: args.epochs,
-                batch_size: args.batch_size,
-                lr: args.lr,
-                seed: args.seed,
-            };
+            let run = &args.run;
+            let device = run.device.resolve()?;
+            let (train_set, val_set) = cli::load_data(&data_source(&run.data))?;
+            let overrides = run.overrides();
             let (model, settings) = cli::job_settings(
                 args.preset,
                 train_set.num_classes(),
                 args.config.as_deref(),
                 &overrides,
             )?;
-            let mut metrics = cli::MetricsLog::create(args.metrics.as_deref())?;
+            let mut metrics = cli::MetricsLog::create(run.metrics.as_deref())?;
             eprintln!(
                 "training {:?} on {} images ({} epochs, batch {}) on {device}",
                 args.preset,
@@ -281,7 +277,7 @@ fn run(cli: Cli) -> Result<()> {
                 &device,
                 None,
                 None,
-                Some(&args.output),
+                Some(&run.output),
                 &mut metrics,
             )?;
             println!(
@@ -289,7 +285,7 @@ fn run(cli: Cli) -> Result<()> {
                 outcome.summary.iterations,
                 outcome.summary.wall_seconds,
                 outcome.summary.images as f64 / outcome.summary.wall_seconds,
-                args.output.display()
+                run.output.display()
             );
             cli::print_stats(&outcome.stats);
             Ok(())
