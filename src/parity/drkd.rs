@@ -12,15 +12,13 @@
 //! (integer), `glore_normalize` (bool), `distance` (`frobenius`, `rms`, `mean_square`),
 //! `relation_filter` (`random`, `disabled`), `instance_source` (`own`, `first`).
 
-use super::dsig::{boxes_by_image, levels, load_params};
+use super::dsig::{boxes_by_image, fpn_pair, load_params, method_results};
 use super::{ParityInputs, Results};
 use crate::distill::drkd::{
     DrkdConfig, DrkdDistiller, InstanceSource, RelationDistance, RelationFilter,
 };
-use crate::distill::DetectorShape;
 use crate::error::{Error, Result};
 use crate::nn::{BufferUpdates, ParamStore};
-use crate::tensor::Tensor;
 
 pub(super) const OPS: &[&str] = &["drkd"];
 
@@ -96,34 +94,18 @@ pub(super) fn run(op: &str, inputs: &ParityInputs<'_>) -> Result<Results> {
     let cfg = config(inputs)?;
     let strides: Vec<f64> = inputs.parse_list("fpn_strides", "floats")?;
     let step_seed: u64 = inputs.parse_or("step_seed", "an unsigned integer", 0)?;
-    let student = levels(inputs, "student.fpn.")?;
-    let teacher = levels(inputs, "teacher.fpn.")?;
-    let (Some(s0), Some(t0)) = (student.first(), teacher.first()) else {
-        return Err(Error::invalid(
-            "student.fpn.0",
-            "the file needs student.fpn.<l> and teacher.fpn.<l> levels",
-        ));
-    };
-    if s0.rank() != 4 || t0.rank() != 4 {
-        return Err(Error::shape("student.fpn.0", "[B, C, H, W]", s0.shape()));
-    }
-    let batch = s0.shape()[0];
-    let width = |c: usize| DetectorShape {
-        stage_channels: Vec::new(),
-        fpn_channels: c,
-        num_classes: 0,
-        reg_max: 0,
-    };
+    let fpn = fpn_pair(inputs)?;
+    let batch = fpn.batch;
     let mut store = ParamStore::new();
     let method = DrkdDistiller::new(
         &mut store,
-        &width(s0.shape()[1]),
-        &width(t0.shape()[1]),
-        student.len(),
+        &fpn.student_shape,
+        &fpn.teacher_shape,
+        fpn.student.len(),
         cfg,
         0,
     )?;
-    load_params(inputs, &mut store, s0)?;
+    load_params(inputs, &mut store, &fpn.student[0])?;
     let boxes = if inputs.has("boxes") {
         boxes_by_image(&inputs.host("boxes")?, "boxes", batch)?
     } else {
@@ -132,23 +114,14 @@ pub(super) fn run(op: &str, inputs: &ParityInputs<'_>) -> Result<Results> {
     let mut updates = BufferUpdates::default();
     let out = method.compute(
         &store,
-        &student.iter().collect::<Vec<_>>(),
-        &teacher.iter().collect::<Vec<_>>(),
+        &fpn.student.iter().collect::<Vec<_>>(),
+        &fpn.teacher.iter().collect::<Vec<_>>(),
         &strides,
         &boxes,
         step_seed,
         &mut updates,
     )?;
-    let mut results: Results = vec![("loss".into(), Tensor::from_vec(vec![out.loss], &[])?)];
-    for (name, value) in out.terms {
-        results.push((format!("term.{name}"), Tensor::from_vec(vec![value], &[])?));
-    }
-    for (l, g) in out.student_grads.into_iter().enumerate() {
-        results.push((format!("grad.student.fpn.{l}"), g));
-    }
-    for (id, g) in out.param_grads {
-        results.push((format!("grad.param.{}", store.name(id)), g));
-    }
+    let mut results = method_results(out, &store)?;
     for (id, value) in updates.updates {
         results.push((format!("buffer.{}", store.name(id)), value));
     }

@@ -12,7 +12,7 @@
 
 use super::{ParityInputs, Results};
 use crate::distill::dsig::{DsigConfig, DsigDistiller, DsigNodes, NodeLevels};
-use crate::distill::DetectorShape;
+use crate::distill::{DetectorShape, MethodGradients};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
 use crate::ops::roi_align::LevelRule;
@@ -27,6 +27,59 @@ pub(super) fn levels(inputs: &ParityInputs<'_>, prefix: &str) -> Result<Vec<Tens
         out.push(inputs.data(&format!("{prefix}{}", out.len()))?);
     }
     Ok(out)
+}
+
+/// The FPN maps of a Dsig or DRKD file: `student.fpn.<l>` and `teacher.fpn.<l>`, the batch size, and each
+/// side's FPN width as the [`DetectorShape`] the methods size their adapters by.
+pub(super) struct FpnPair {
+    pub(super) student: Vec<Tensor>,
+    pub(super) teacher: Vec<Tensor>,
+    pub(super) batch: usize,
+    pub(super) student_shape: DetectorShape,
+    pub(super) teacher_shape: DetectorShape,
+}
+
+pub(super) fn fpn_pair(inputs: &ParityInputs<'_>) -> Result<FpnPair> {
+    let student = levels(inputs, "student.fpn.")?;
+    let teacher = levels(inputs, "teacher.fpn.")?;
+    let (Some(s0), Some(t0)) = (student.first(), teacher.first()) else {
+        return Err(Error::invalid(
+            "student.fpn.0",
+            "the file needs student.fpn.<l> and teacher.fpn.<l> levels",
+        ));
+    };
+    if s0.rank() != 4 || t0.rank() != 4 {
+        return Err(Error::shape("student.fpn.0", "[B, C, H, W]", s0.shape()));
+    }
+    let width = |c: usize| DetectorShape {
+        stage_channels: Vec::new(),
+        fpn_channels: c,
+        num_classes: 0,
+        reg_max: 0,
+    };
+    Ok(FpnPair {
+        batch: s0.shape()[0],
+        student_shape: width(s0.shape()[1]),
+        teacher_shape: width(t0.shape()[1]),
+        student,
+        teacher,
+    })
+}
+
+/// A method's result as parity outputs: `loss`, `term.<name>` (`[]`, f64), `grad.student.fpn.<l>` and
+/// `grad.param.<name>`.
+pub(super) fn method_results(out: MethodGradients, store: &ParamStore) -> Result<Results> {
+    let mut results: Results = vec![("loss".into(), Tensor::from_vec(vec![out.loss], &[])?)];
+    for (name, value) in out.terms {
+        results.push((format!("term.{name}"), Tensor::from_vec(vec![value], &[])?));
+    }
+    for (l, g) in out.student_grads.into_iter().enumerate() {
+        results.push((format!("grad.student.fpn.{l}"), g));
+    }
+    for (id, g) in out.param_grads {
+        results.push((format!("grad.param.{}", store.name(id)), g));
+    }
+    Ok(results)
 }
 
 /// Replaces every entry of `store` by the file's `param.<name>` (converted to `like`'s dtype for floats and
@@ -135,35 +188,19 @@ pub(super) fn run(op: &str, inputs: &ParityInputs<'_>) -> Result<Results> {
     }
     let cfg = config(inputs)?;
     let strides: Vec<f64> = inputs.parse_list("fpn_strides", "floats")?;
-    let student = levels(inputs, "student.fpn.")?;
-    let teacher = levels(inputs, "teacher.fpn.")?;
+    let fpn = fpn_pair(inputs)?;
     let cls = levels(inputs, "teacher.cls.")?;
-    let (Some(s0), Some(t0)) = (student.first(), teacher.first()) else {
-        return Err(Error::invalid(
-            "student.fpn.0",
-            "the file needs student.fpn.<l> and teacher.fpn.<l> levels",
-        ));
-    };
-    if s0.rank() != 4 || t0.rank() != 4 {
-        return Err(Error::shape("student.fpn.0", "[B, C, H, W]", s0.shape()));
-    }
-    let batch = s0.shape()[0];
-    let width = |c: usize| DetectorShape {
-        stage_channels: Vec::new(),
-        fpn_channels: c,
-        num_classes: 0,
-        reg_max: 0,
-    };
+    let batch = fpn.batch;
     let mut store = ParamStore::new();
     let method = DsigDistiller::new(
         &mut store,
-        &width(s0.shape()[1]),
-        &width(t0.shape()[1]),
-        student.len(),
+        &fpn.student_shape,
+        &fpn.teacher_shape,
+        fpn.student.len(),
         cfg,
         0,
     )?;
-    load_params(inputs, &mut store, s0)?;
+    load_params(inputs, &mut store, &fpn.student[0])?;
     let group = |key: &str| -> Result<Vec<Vec<[f64; 4]>>> {
         if inputs.has(key) {
             boxes_by_image(&inputs.host(key)?, key, batch)
@@ -182,21 +219,11 @@ pub(super) fn run(op: &str, inputs: &ParityInputs<'_>) -> Result<Results> {
         .collect();
     let out = method.compute(
         &store,
-        &student.iter().collect::<Vec<_>>(),
-        &teacher.iter().collect::<Vec<_>>(),
+        &fpn.student.iter().collect::<Vec<_>>(),
+        &fpn.teacher.iter().collect::<Vec<_>>(),
         &cls.iter().collect::<Vec<_>>(),
         &strides,
         &nodes,
     )?;
-    let mut results: Results = vec![("loss".into(), Tensor::from_vec(vec![out.loss], &[])?)];
-    for (name, value) in out.terms {
-        results.push((format!("term.{name}"), Tensor::from_vec(vec![value], &[])?));
-    }
-    for (l, g) in out.student_grads.into_iter().enumerate() {
-        results.push((format!("grad.student.fpn.{l}"), g));
-    }
-    for (id, g) in out.param_grads {
-        results.push((format!("grad.param.{}", store.name(id)), g));
-    }
-    Ok(results)
+    method_results(out, &store)
 }
