@@ -751,6 +751,7 @@ mod tests {
     use super::*;
     use crate::autograd::{tape_gradcheck, GradcheckOptions};
     use crate::distill::gfl::{gfl_loss, GflLossConfig};
+    use crate::distill::test_support::on_tape;
     use crate::distill::{Box4, ImageTargets};
     use crate::engine::assign::{assign_batch, AnchorLevel, AtssConfig, GFL_ANCHOR_SCALE};
     use crate::testing::{assert_close, Rng};
@@ -851,11 +852,7 @@ mod tests {
     /// `w_j` of the problem's positives, for holding it fixed.
     fn fixed_weights(p: &Problem) -> GflLossOutput {
         let tape = Tape::new();
-        let vars: Vec<Var> = p
-            .student
-            .iter()
-            .map(|t| tape.constant(t.try_clone().unwrap()))
-            .collect();
+        let vars: Vec<Var> = on_tape(&tape, &p.student, false);
         let (cls, _) = flatten_head(&tape, &outputs(&vars)).unwrap();
         let w = score_weights(&tape.value(cls).unwrap(), &p.assign.positives).unwrap();
         let n = w.len();
@@ -925,16 +922,8 @@ mod tests {
         let p = problem(4);
         let run = |reuse: bool| -> (Vec<f64>, Vec<Vec<f64>>) {
             let tape = Tape::new();
-            let leaves: Vec<Var> = p
-                .student
-                .iter()
-                .map(|t| tape.leaf(t.try_clone().unwrap()))
-                .collect();
-            let consts: Vec<Var> = p
-                .teacher
-                .iter()
-                .map(|t| tape.constant(t.try_clone().unwrap()))
-                .collect();
+            let leaves: Vec<Var> = on_tape(&tape, &p.student, true);
+            let consts: Vec<Var> = on_tape(&tape, &p.teacher, false);
             let student = outputs(&leaves);
             let gfl = if reuse {
                 let (cls, reg) = flatten_head(&tape, &student).unwrap();
@@ -1031,16 +1020,8 @@ mod tests {
 
         let p = problem(6);
         let tape = Tape::new();
-        let s: Vec<Var> = p
-            .student
-            .iter()
-            .map(|t| tape.leaf(t.try_clone().unwrap()))
-            .collect();
-        let t: Vec<Var> = p
-            .teacher
-            .iter()
-            .map(|t| tape.constant(t.try_clone().unwrap()))
-            .collect();
+        let s: Vec<Var> = on_tape(&tape, &p.student, true);
+        let t: Vec<Var> = on_tape(&tape, &p.teacher, false);
         let cfg = LdConfig {
             reg_max: REG_MAX,
             ..LdConfig::mmdet()
@@ -1158,16 +1139,8 @@ mod tests {
         cfg: &LdConfig,
     ) -> Result<Vec<(String, f64)>> {
         let tape = Tape::new();
-        let s: Vec<Var> = p
-            .student
-            .iter()
-            .map(|t| tape.leaf(t.try_clone().unwrap()))
-            .collect();
-        let t: Vec<Var> = p
-            .teacher
-            .iter()
-            .map(|t| tape.constant(t.try_clone().unwrap()))
-            .collect();
+        let s: Vec<Var> = on_tape(&tape, &p.student, true);
+        let t: Vec<Var> = on_tape(&tape, &p.teacher, false);
         let terms = ld_terms(&tape, &outputs(&s), &outputs(&t), assign, None, cfg)?;
         Ok(terms
             .iter()
@@ -1243,16 +1216,8 @@ mod tests {
     fn bad_inputs_are_errors() {
         let p = problem(8);
         let tape = Tape::new();
-        let s: Vec<Var> = p
-            .student
-            .iter()
-            .map(|t| tape.leaf(t.try_clone().unwrap()))
-            .collect();
-        let t: Vec<Var> = p
-            .teacher
-            .iter()
-            .map(|t| tape.constant(t.try_clone().unwrap()))
-            .collect();
+        let s: Vec<Var> = on_tape(&tape, &p.student, true);
+        let t: Vec<Var> = on_tape(&tape, &p.teacher, false);
         let err = |student: &DetectorOutputs,
                    teacher: &DetectorOutputs,
                    assign: &DenseAssignment,
